@@ -1,0 +1,175 @@
+"""Settings, read once at the edge (CLI start) and passed down.
+
+Sources, lowest precedence first: defaults, a YAML file (``--config FILE.yaml``),
+environment variables ``AIOPS_*`` (nested with ``__``, e.g. ``AIOPS_KAFKA__BOOTSTRAP=host:9092``).
+No other module reads the environment.
+
+>>> s = load_settings(env={"AIOPS_RUNTIME__LATENESS_S": "30"})
+>>> s.runtime.lateness_s
+30.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class RuntimeSettings(BaseModel):
+    step_s: float = Field(15.0, gt=0, description="alignment step for derived series when a scenario names none")
+    lateness_s: float = Field(60.0, ge=0, description="how far behind the newest record a record may arrive")
+    stale_steps: int = Field(4, ge=1, description="steps a series' last value stands in for missed scrapes")
+    max_gap_steps: int = Field(20, ge=1, description="a longer gap restarts a counter's rate instead of spanning it")
+
+
+class DetectSettings(BaseModel):
+    threshold: float = Field(0.5, description="production alert threshold on the detector score")
+    warmup: int = Field(40, ge=1, description="samples a series needs before it may alert")
+    min_duration: int = Field(2, ge=1, description="consecutive anomalous steps before an onset is confirmed")
+    recover_steps: int = Field(4, ge=1, description="consecutive calm steps before an anomaly ends")
+
+
+class LogSettings(BaseModel):
+    warmup_s: float = Field(1800.0, ge=0, description="templates first seen within this time are not 'new'")
+    max_templates_per_service: int = Field(2000, ge=10)
+    max_line_bytes: int = Field(64 * 1024, ge=256, description="longer lines are truncated before mining")
+
+
+class CorrelateSettings(BaseModel):
+    window_s: float = Field(600.0, gt=0, description="signals this close in time may join one incident")
+    resolve_after_s: float = Field(600.0, gt=0, description="calm time before an incident resolves")
+    flap_window_s: float = Field(1800.0, ge=0, description="a re-fire within this time re-opens the incident")
+    change_lookback_s: float = Field(1800.0, ge=0, description="changes this long before onset count as suspects")
+    min_signals: int = Field(2, ge=1, description="signals needed to open an incident (unless one is severe)")
+
+
+class ActSettings(BaseModel):
+    dry_run: bool = True
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:9092"
+    group_id: str = "aiops"
+    metrics_topic: str = "aiops.metrics"
+    logs_topic: str = "aiops.logs"
+    events_topic: str = "aiops.events"
+    alerts_topic: str | None = None
+    dead_letter_topic: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: Path | None = None
+    max_batch: int = Field(5000, ge=1)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class AlertmanagerSettings(BaseModel):
+    urls: list[str] = Field(default_factory=list)
+    resend_s: float = 60.0
+    generator_url: str = ""
+
+
+class Settings(BaseSettings):
+    """All daemon settings. Build with :func:`load_settings`, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="AIOPS_", env_nested_delimiter="__", extra="forbid")
+
+    rules_dir: Path = Path("rules")
+    state_dir: Path = Path("state")
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    correlate: CorrelateSettings = Field(default_factory=CorrelateSettings)
+    act: ActSettings = Field(default_factory=ActSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid; the message says where."""
+
+
+def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, an optional YAML file and the environment.
+
+    ``env`` is the environment to read (the CLI passes ``os.environ``); ``None`` reads none,
+    which keeps tests independent of the machine they run on.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: top level must be a mapping")
+        file_values = loaded or {}
+    env_vars = {k: v for k, v in (env or {}).items() if k.startswith("AIOPS_")}
+
+    class _Configured(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (_EnvSource(settings_cls, env_vars), _DictSource(settings_cls, file_values))
+
+    try:
+        built = _Configured()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Settings.model_validate(built.model_dump())
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """``AIOPS_A__B=v`` -> ``{"a": {"b": "v"}}``, from an explicit mapping rather than os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self._env.items():
+            path = key[len("AIOPS_"):].lower().split("__")
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[path[-1]] = value
+        return out

@@ -1,0 +1,1 @@
+"""Decoding: raw bytes/JSON into typed records, and raw samples into derived series."""

@@ -1,0 +1,123 @@
+"""Decoders for the project's JSON-line forms (SCENARIO_FORMAT.md) into typed records.
+
+Each decoder takes one already-parsed JSON value and returns a record or raises
+:class:`DecodeError` with a short machine-readable reason. Unknown fields are ignored.
+
+>>> decode_metric({"ts": 10, "name": "up", "labels": {"service": "a"}, "value": "1"}).value
+1.0
+>>> decode_metric({"ts": 10, "name": "up"}).value  # a missing value is a gap
+nan
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiops.records import ChangeEvent, LogRecord, MetricSample, make_labels
+
+_NAN = float("nan")
+
+
+class DecodeError(ValueError):
+    """A record that cannot be decoded; ``reason`` is a stable, countable word."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_json(line: str | bytes) -> Any:
+    """Parse one JSON line; NaN/Infinity literals are accepted (Python's json does)."""
+    try:
+        return json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError("bad_json", str(exc)[:120]) from None
+
+
+def _ts(obj: dict[str, Any]) -> float:
+    raw = obj.get("ts")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise DecodeError("bad_ts", repr(raw)[:60])
+    try:
+        ts = float(raw)
+    except ValueError:
+        raise DecodeError("bad_ts", repr(raw)[:60]) from None
+    if not math.isfinite(ts) or ts < 0:
+        raise DecodeError("bad_ts", repr(raw)[:60])
+    return ts
+
+
+def _value(raw: Any) -> float:
+    if raw is None:
+        return _NAN
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise DecodeError("bad_value", repr(raw)[:60])
+    try:
+        return float(raw)
+    except ValueError:
+        raise DecodeError("bad_value", repr(raw)[:60]) from None
+
+
+def _require_object(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise DecodeError("not_an_object", type(obj).__name__)
+    return obj
+
+
+def decode_metric(obj: Any, max_labels: int = 64, max_label_len: int = 1024) -> MetricSample:
+    obj = _require_object(obj)
+    ts = _ts(obj)
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise DecodeError("bad_name", repr(name)[:60])
+    labels = obj.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise DecodeError("bad_labels", type(labels).__name__)
+    if len(labels) > max_labels:
+        raise DecodeError("too_many_labels", str(len(labels)))
+    for k, v in labels.items():
+        if not isinstance(v, str):
+            raise DecodeError("bad_labels", f"{k}={v!r}"[:60])
+        if len(k) > max_label_len or len(v) > max_label_len:
+            raise DecodeError("label_too_long", k[:60])
+    value = _value(obj.get("value"))
+    if math.isinf(value):
+        raise DecodeError("infinite_value", name)
+    return MetricSample(ts=ts, name=name, labels=make_labels(labels), value=value)
+
+
+def decode_log(obj: Any, max_message_bytes: int = 64 * 1024) -> LogRecord:
+    obj = _require_object(obj)
+    ts = _ts(obj)
+    service = obj.get("service")
+    message = obj.get("message")
+    if not isinstance(service, str) or not service:
+        raise DecodeError("bad_service", repr(service)[:60])
+    if not isinstance(message, str):
+        raise DecodeError("bad_message", type(message).__name__)
+    if len(message) > max_message_bytes:
+        # Keep the head: the template is in the first words; the tail of a 1 MB line is payload.
+        message = message[:max_message_bytes]
+    level = obj.get("level")
+    if level is not None and not isinstance(level, str):
+        level = str(level)
+    return LogRecord(ts=ts, service=service, message=message, level=level.upper() if level else None)
+
+
+def decode_event(obj: Any) -> ChangeEvent:
+    obj = _require_object(obj)
+    ts = _ts(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise DecodeError("bad_type", repr(kind)[:60])
+    service = obj.get("service")
+    if service is not None and not isinstance(service, str):
+        raise DecodeError("bad_service", repr(service)[:60])
+    attrs = tuple(
+        sorted((k, str(v)) for k, v in obj.items()
+               if k not in ("ts", "type", "service") and isinstance(v, (str, int, float)) and not isinstance(v, bool))
+    )
+    return ChangeEvent(ts=ts, type=kind, service=service, attrs=attrs)

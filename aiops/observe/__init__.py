@@ -1,0 +1,1 @@
+"""Observability of the daemon itself: structured logs, self-metrics, counted rejections."""

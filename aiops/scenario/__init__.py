@@ -1,0 +1,1 @@
+"""Scenarios: replay a recorded incident, check the result against its expectations, generate new ones."""

@@ -1,0 +1,1 @@
+"""Sources: where raw records come from (scenario files, Kafka, Prometheus)."""
