@@ -1,6 +1,6 @@
 """Counted, logged rejection of bad input: the daemon keeps running and says what it skipped.
 
->>> r = Rejects()
+>>> r = Rejects(log_examples=False)
 >>> r.reject("decode", "bad_json", where="metrics.jsonl:3")
 >>> r.total, r.by_reason()
 (1, {('decode', 'bad_json'): 1})
@@ -26,6 +26,7 @@ class Rejects:
 
     registry: CollectorRegistry | None = None
     max_examples: int = 5
+    log_examples: bool = True
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _examples: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     _metric: PromCounter | None = None
@@ -43,8 +44,9 @@ class Rejects:
         examples = self._examples.setdefault(key, [])
         if len(examples) < self.max_examples:
             examples.append(f"{where}: {detail}" if where else detail)
-            # Log the first few of each kind; a flood of the same reason is visible in the counter.
-            log.warning("record_rejected", stage=stage, reason=reason, where=where, detail=detail[:200])
+            # Log the first few of each kind; a flood of the same reason shows in the counter.
+            if self.log_examples:
+                log.warning("record_rejected", stage=stage, reason=reason, where=where, detail=detail[:200])
         if self._metric is not None:
             self._metric.labels(stage, reason).inc()
 
