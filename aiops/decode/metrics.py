@@ -1,0 +1,243 @@
+"""Raw Prometheus samples -> derived series at aligned steps.
+
+What an on-call engineer would graph, computed the way PromQL does it:
+
+- counters (``*_total``, ``*_count``, ``*_sum``) become per-second rates, summed per
+  ``(service, name)``; a value lower than the previous one is a reset (the process restarted),
+  so the increase is the new value itself, as ``rate()`` assumes;
+- a counter family with a status label (``code``, ``status``, ...) also gives an error ratio:
+  5xx rate / total rate;
+- histogram ``*_bucket`` series give p50/p90/p99 per ``(service, name)`` by linear interpolation
+  inside the bucket, as ``histogram_quantile()`` does; ``X_sum``/``X_count`` give the mean ``X:mean``;
+- gauges stay as they are, one series per label set.
+
+Gaps are not interpolated into false anomalies: a member series that misses a scrape stands in
+with its last rate for ``stale_steps`` steps (as Prometheus' lookback does), so a missed scrape of
+one instance does not dip its service's total; a NaN is a gap; a gap longer than
+``max_gap_steps`` restarts the counter instead of producing one averaged rate across it.
+Samples are expected in event-time order (the runtime's reorder buffer sees to it); a duplicate
+or out-of-order sample of a series is counted and skipped.
+
+>>> from aiops.observe.rejects import Rejects
+>>> from aiops.records import MetricSample
+>>> d = MetricDeriver(step_s=15, stale_steps=4, max_gap_steps=20, rejects=Rejects())
+>>> for ts, v in [(0, 100.0), (15, 130.0), (30, 10.0), (45, 40.0)]:  # reset at 30
+...     d.add(MetricSample(ts, "jobs_total", (("service", "api"),), v))
+>>> [(ts, round(p[0].value, 3)) for ts, p in d.flush(60)]
+[(15.0, 2.0), (30.0, 0.667), (45.0, 2.0)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aiops.observe.rejects import Rejects
+from aiops.records import Labels, MetricSample, PointKind, SeriesPoint
+
+COUNTER_SUFFIXES = ("_total", "_count", "_sum")
+STATUS_LABELS = ("code", "status", "status_code", "response_code", "http_status")
+QUANTILES = ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
+_EPS = 1e-12
+
+SeriesId = tuple[str, Labels]
+GroupKey = tuple[str | None, str]
+
+
+@dataclass(slots=True)
+class _Member:
+    """Latest per-second rate of one raw counter series and the step it belongs to."""
+
+    rate: float
+    step: int
+
+
+@dataclass(slots=True)
+class _Route:
+    """Where one raw series' values go; computed once per series, not per sample."""
+
+    service: str | None
+    group: GroupKey  # (service, name) for counters, (service, base name) for buckets
+    is_error: bool  # a 5xx member of a family with a status label
+    has_status: bool
+    le: float | None  # bucket upper bound for histogram buckets
+
+
+def _route(name: str, labels: Labels) -> _Route | None:
+    """None for gauges; routing for counters and histogram buckets."""
+    d = dict(labels)
+    service = d.get("service")
+    if name.endswith("_bucket") and "le" in d:
+        try:
+            le = float(d["le"])  # "+Inf" parses as inf
+        except ValueError:
+            return None
+        return _Route(service, (service, name[: -len("_bucket")]), False, False, le)
+    if name.endswith(COUNTER_SUFFIXES):
+        status = next((d[k] for k in STATUS_LABELS if k in d), None)
+        return _Route(service, (service, name), status is not None and status.startswith("5"), status is not None, None)
+    return None
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Quantile ``q`` from cumulative ``(upper_bound, count)`` buckets, PromQL-style.
+
+    >>> histogram_quantile(0.5, [(0.1, 50.0), (0.5, 90.0), (float("inf"), 100.0)])
+    0.1
+    >>> round(histogram_quantile(0.9, [(0.1, 50.0), (0.5, 80.0), (1.0, 100.0), (float("inf"), 100.0)]), 3)
+    0.75
+    """
+    buckets = sorted(buckets)
+    if not buckets or not math.isinf(buckets[-1][0]):
+        return math.nan
+    # Counts from separate series can be slightly non-monotone (scrapes at different instants).
+    cum, fixed = 0.0, []
+    for le, c in buckets:
+        cum = max(cum, c)
+        fixed.append((le, cum))
+    total = fixed[-1][1]
+    if total <= _EPS:
+        return math.nan
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le, c in fixed:
+        if c >= rank:
+            if math.isinf(le):
+                return lower_bound  # the highest finite bound, as PromQL answers
+            if c - lower_count <= _EPS:
+                return le
+            return lower_bound + (le - lower_bound) * (rank - lower_count) / (c - lower_count)
+        lower_bound, lower_count = le, c
+    return lower_bound
+
+
+class MetricDeriver:
+    """Turns raw samples into :class:`SeriesPoint` batches, one batch per aligned step.
+
+    Call :meth:`add` in event-time order, then :meth:`flush` with the watermark to collect
+    every step that is complete.
+    """
+
+    def __init__(self, step_s: float, stale_steps: int, max_gap_steps: int, rejects: Rejects) -> None:
+        self.step_s = float(step_s)
+        self.stale_steps = stale_steps
+        self.max_gap_s = max_gap_steps * self.step_s
+        self._rejects = rejects
+        self._routes: dict[SeriesId, _Route | None] = {}
+        self._last: dict[SeriesId, tuple[float, float]] = {}  # series -> (ts, value) last accepted
+        self._rates: dict[GroupKey, dict[Labels, _Member]] = {}
+        self._errors: dict[GroupKey, dict[Labels, _Member]] = {}
+        self._status_groups: set[GroupKey] = set()
+        self._hist: dict[GroupKey, dict[float, dict[Labels, _Member]]] = {}
+        self._gauges: dict[SeriesId, float] = {}  # values seen in the current step
+        self._step: int | None = None  # the step being filled
+        self._ready: list[tuple[float, list[SeriesPoint]]] = []
+
+    def step_of(self, ts: float) -> int:
+        """Index of the aligned step a timestamp belongs to (nearest multiple of ``step_s``)."""
+        return int(math.floor(ts / self.step_s + 0.5))
+
+    def add(self, sample: MetricSample) -> None:
+        step = self.step_of(sample.ts)
+        if self._step is None:
+            self._step = step
+        elif step > self._step:
+            self._close_until(step)
+        elif step < self._step:
+            self._rejects.reject("derive", "late_sample", detail=f"{sample.name} at {sample.ts}")
+            return
+        if math.isnan(sample.value):
+            return  # a gap: the series' last rate stands in for it while fresh
+        sid = (sample.name, sample.labels)
+        last = self._last.get(sid)
+        if last is not None and sample.ts <= last[0]:
+            reason = "duplicate_sample" if sample.ts == last[0] else "out_of_order_sample"
+            self._rejects.reject("derive", reason, detail=f"{sample.name}{dict(sample.labels)} at {sample.ts}")
+            return
+        self._last[sid] = (sample.ts, sample.value)
+        if sid in self._routes:
+            route = self._routes[sid]
+        else:
+            route = self._routes[sid] = _route(sample.name, sample.labels)
+            if route is not None and route.has_status:
+                self._status_groups.add(route.group)
+        if route is None:
+            self._gauges[sid] = sample.value
+            return
+        if last is None:
+            return  # the first sample of a counter only sets its baseline
+        dt = sample.ts - last[0]
+        if dt > self.max_gap_s:
+            return  # too long a gap to average over: this sample is the new baseline
+        increase = sample.value - last[1] if sample.value >= last[1] else sample.value  # reset
+        member = _Member(increase / dt, step)
+        if route.le is not None:
+            self._hist.setdefault(route.group, {}).setdefault(route.le, {})[sample.labels] = member
+        else:
+            self._rates.setdefault(route.group, {})[sample.labels] = member
+            if route.is_error:
+                self._errors.setdefault(route.group, {})[sample.labels] = member
+
+    def flush(self, watermark: float) -> list[tuple[float, list[SeriesPoint]]]:
+        """Close every step that ends at or before ``watermark``; return the closed batches."""
+        if self._step is not None:
+            end = math.floor(watermark / self.step_s - 0.5)  # last step whose window has passed
+            if end >= self._step:
+                self._close_until(end + 1)
+        out, self._ready = self._ready, []
+        return out
+
+    def _close_until(self, next_step: int) -> None:
+        assert self._step is not None
+        # Empty steps in between still carry fresh rates; beyond staleness there is nothing to emit.
+        last_useful = min(next_step - 1, self._step + self.stale_steps)
+        for step in range(self._step, last_useful + 1):
+            points = self._points(step)
+            if points:
+                self._ready.append((step * self.step_s, points))
+            self._gauges.clear()
+        self._step = next_step
+
+    def _fresh_sum(self, members: dict[Labels, _Member], step: int) -> float | None:
+        total, any_fresh = 0.0, False
+        oldest = step - self.stale_steps
+        for m in members.values():
+            if m.step >= oldest:
+                total += m.rate
+                any_fresh = True
+        return total if any_fresh else None
+
+    def _points(self, step: int) -> list[SeriesPoint]:
+        ts = step * self.step_s
+        points: list[SeriesPoint] = []
+        rates: dict[GroupKey, float] = {}
+        for group, members in self._rates.items():
+            total = self._fresh_sum(members, step)
+            if total is not None:
+                rates[group] = total
+        for (service, name), total in rates.items():
+            if name.endswith("_sum"):
+                base = name[: -len("_sum")]
+                count = rates.get((service, base + "_count"))
+                if count is not None and count > _EPS:
+                    points.append(_point(ts, service, f"{base}:mean", PointKind.QUANTILE, total / count))
+                continue  # a bare sum rate means nothing to an engineer
+            points.append(_point(ts, service, f"{name}:rate", PointKind.RATE, total))
+            if (service, name) in self._status_groups and total > _EPS:
+                errors = self._fresh_sum(self._errors.get((service, name), {}), step) or 0.0
+                points.append(_point(ts, service, f"{name}:error_ratio", PointKind.ERROR_RATIO, errors / total))
+        for (service, base), by_le in self._hist.items():
+            buckets = [(le, s) for le, members in by_le.items() if (s := self._fresh_sum(members, step)) is not None]
+            for q, label in QUANTILES:
+                value = histogram_quantile(q, buckets)
+                if not math.isnan(value):
+                    points.append(_point(ts, service, f"{base}:{label}", PointKind.QUANTILE, value))
+        for (name, labels), value in self._gauges.items():
+            service = dict(labels).get("service")
+            key = name + "{" + ",".join(f"{k}={v}" for k, v in labels if k != "service") + "}"
+            points.append(SeriesPoint(ts, f"{service}/{key}", service, name, PointKind.GAUGE, value))
+        return points
+
+
+def _point(ts: float, service: str | None, metric: str, kind: PointKind, value: float) -> SeriesPoint:
+    return SeriesPoint(ts, f"{service}/{metric}", service, metric, kind, value)

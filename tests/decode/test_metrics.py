@@ -1,0 +1,128 @@
+"""Metric semantics: counter rates with resets, histogram quantiles, error ratios, gaps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aiops.decode.metrics import MetricDeriver, histogram_quantile
+from aiops.observe.rejects import Rejects
+from aiops.records import MetricSample, PointKind, SeriesPoint, make_labels
+
+STEP = 15.0
+
+
+def deriver(rejects: Rejects | None = None) -> MetricDeriver:
+    return MetricDeriver(STEP, stale_steps=4, max_gap_steps=20, rejects=rejects or Rejects(log_examples=False))
+
+
+def sample(ts: float, name: str, value: float, **labels: str) -> MetricSample:
+    return MetricSample(ts, name, make_labels({"service": "api", **labels}), value)
+
+
+def series(batches: list[tuple[float, list[SeriesPoint]]], metric: str) -> dict[float, float]:
+    return {ts: p.value for ts, points in batches for p in points if p.metric == metric}
+
+
+def test_counter_rate_sums_instances_and_handles_reset() -> None:
+    d = deriver()
+    for i in range(10):
+        ts = i * STEP
+        d.add(sample(ts, "http_requests_total", 1000 + 30.0 * i, instance="a", code="200"))
+        # instance b restarts at step 5: its counter drops to a small value
+        b = 500 + 15.0 * i if i < 5 else 15.0 * (i - 5)
+        d.add(sample(ts + 0.3, "http_requests_total", b, instance="b", code="200"))
+    rates = series(d.flush(10 * STEP), "http_requests_total:rate")
+    assert rates[STEP] == pytest.approx(3.0)
+    # the reset step counts the post-reset value as the increase, never a negative rate
+    assert all(v >= 0 for v in rates.values())
+    assert rates[6 * STEP] == pytest.approx(2.0 + 1.0)
+    assert rates[5 * STEP] == pytest.approx(2.0 + 0.0)  # b restarted at exactly 0
+
+
+def test_error_ratio_from_status_label() -> None:
+    d = deriver()
+    for i in range(5):
+        ts = i * STEP
+        d.add(sample(ts, "http_requests_total", 90.0 * i * STEP / 15, code="200"))
+        d.add(sample(ts, "http_requests_total", 9.0 * i, code="503"))
+        d.add(sample(ts, "http_requests_total", 1.0 * i, code="404"))
+    batches = d.flush(5 * STEP)
+    ratio = series(batches, "http_requests_total:error_ratio")
+    assert ratio[STEP] == pytest.approx(9.0 / 100.0)
+    assert all(p.kind is PointKind.ERROR_RATIO for _, pts in batches for p in pts if p.metric.endswith("error_ratio"))
+
+
+def test_histogram_quantiles_and_mean() -> None:
+    d = deriver()
+    bounds = ["0.1", "0.25", "0.5", "1", "+Inf"]
+    # per step: 100 requests; 50 under 0.1 s, 30 in (0.1, 0.25], 15 in (0.25, 0.5], 5 in (0.5, 1]
+    per_step = [50, 80, 95, 100, 100]
+    for i in range(4):
+        ts = i * STEP
+        for le, c in zip(bounds, per_step, strict=True):
+            d.add(sample(ts, "rpc_seconds_bucket", float(c * i), le=le))
+        d.add(sample(ts, "rpc_seconds_sum", 20.0 * i))
+        d.add(sample(ts, "rpc_seconds_count", 100.0 * i))
+    batches = d.flush(4 * STEP)
+    p50, p90, p99 = (series(batches, f"rpc_seconds:{q}")[STEP] for q in ("p50", "p90", "p99"))
+    assert p50 == pytest.approx(0.1)
+    assert p90 == pytest.approx(0.25 + 0.25 * (90 - 80) / 15)
+    assert p99 == pytest.approx(0.5 + 0.5 * (99 - 95) / 5)
+    assert series(batches, "rpc_seconds:mean")[STEP] == pytest.approx(0.2)
+    assert not series(batches, "rpc_seconds_sum:rate")
+
+
+def test_histogram_quantile_edges() -> None:
+    assert math.isnan(histogram_quantile(0.5, []))
+    assert math.isnan(histogram_quantile(0.5, [(1.0, 0.0), (math.inf, 0.0)]))  # no traffic: a gap
+    # rank in the +Inf bucket answers the highest finite bound
+    assert histogram_quantile(0.99, [(1.0, 90.0), (math.inf, 100.0)]) == 1.0
+
+
+def test_missed_scrape_of_one_instance_does_not_dip_the_service_total() -> None:
+    d = deriver()
+    for i in range(12):
+        ts = i * STEP
+        d.add(sample(ts, "jobs_total", 10.0 * i, instance="a"))
+        if i not in (6, 7):  # instance b misses two scrapes
+            d.add(sample(ts, "jobs_total", 10.0 * i, instance="b"))
+    rates = series(d.flush(12 * STEP), "jobs_total:rate")
+    assert min(rates.values()) == pytest.approx(max(rates.values()))
+
+
+def test_nan_is_a_gap_and_a_long_gap_restarts_the_rate() -> None:
+    d = deriver()
+    d.add(sample(0, "jobs_total", 0.0))
+    d.add(sample(STEP, "jobs_total", 15.0))
+    d.add(sample(2 * STEP, "jobs_total", math.nan))
+    d.add(sample(3 * STEP, "jobs_total", 45.0))
+    # a 30-minute gap, then the counter has moved a lot: no averaged rate across it
+    d.add(sample(3 * STEP + 1800, "jobs_total", 99999.0))
+    d.add(sample(4 * STEP + 1800, "jobs_total", 99999.0 + 15.0))
+    rates = series(d.flush(10_000), "jobs_total:rate")
+    assert rates[STEP] == pytest.approx(1.0)
+    assert rates[3 * STEP] == pytest.approx(1.0)  # the NaN step did not break the counter
+    assert max(rates.values()) == pytest.approx(1.0)
+
+
+def test_duplicate_and_out_of_order_samples_are_counted() -> None:
+    rejects = Rejects(log_examples=False)
+    d = deriver(rejects)
+    d.add(sample(0, "temp", 1.0))
+    d.add(sample(0, "temp", 1.0))
+    d.add(sample(5, "temp", 2.0))
+    d.add(sample(4, "temp", 3.0))
+    assert rejects.by_reason() == {("derive", "duplicate_sample"): 1, ("derive", "out_of_order_sample"): 1}
+
+
+def test_gauges_stay_per_series() -> None:
+    d = deriver()
+    for i in range(3):
+        d.add(sample(i * STEP, "memory_bytes", 100.0 + i, instance="a"))
+        d.add(sample(i * STEP, "memory_bytes", 200.0 + i, instance="b"))
+    batches = d.flush(3 * STEP)
+    keys = {p.key for _, pts in batches for p in pts}
+    assert keys == {"api/memory_bytes{instance=a}", "api/memory_bytes{instance=b}"}
+    assert [len(pts) for _, pts in batches] == [2, 2, 2]
