@@ -1,0 +1,227 @@
+"""The metric detection stage: aligned ``SeriesPoint`` batches in, metric ``Signal`` onsets/ends out.
+
+Scoring is done by :class:`~aiops.detect.core.BatchScorer` for all series of a step at once;
+this module adds the per-series defaults (which direction is bad, scale floors), the
+per-metric overrides, and the onset/recovery state machine, itself kept in numpy arrays:
+
+* a series is *anomalous* at a step when its score reaches ``settings.threshold``;
+* an onset is confirmed after ``min_duration`` consecutive anomalous steps and reported with
+  the first anomalous step as its ``ts``;
+* it ends after ``recover_steps`` consecutive calm steps (same ``id``, ``end_ts`` set).
+
+Gaps (NaN values or a series missing from a step) neither advance nor reset the counters.
+
+>>> from aiops.config import DetectSettings
+>>> from aiops.records import PointKind, SeriesPoint
+>>> stage = MetricDetectStage(DetectSettings(warmup=10, min_duration=2, recover_steps=2))
+>>> def pt(t, v):
+...     return [SeriesPoint(t, "api/p99", "api", "http_request_duration_seconds:p99", PointKind.QUANTILE, v)]
+>>> out = [s for t in range(30) for s in stage.process(t * 15.0, pt(t * 15.0, 0.2 + 0.01 * (t % 3)))]
+>>> out += [s for t in range(30, 33) for s in stage.process(t * 15.0, pt(t * 15.0, 0.9))]
+>>> [(s.ts, s.direction, s.end_ts) for s in out]
+[(450.0, 'up', None)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aiops.config import DetectSettings
+from aiops.detect.core import BatchScorer, ScorerParams
+from aiops.detect.overrides import MetricOverride, resolve
+from aiops.records import PointKind, SeriesPoint, Signal, SignalKind
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesDefaults:
+    """Which direction is bad and how small the scale may get, for one kind of series."""
+
+    up: bool
+    down: bool
+    rel_floor: float
+    abs_floor: float
+
+
+_UP_ONLY_WORDS = ("memory", "cpu", "restart", "latency", "duration", "error", "fail")
+
+
+def series_defaults(kind: PointKind, metric: str) -> SeriesDefaults:
+    """Direction and scale floors by kind and name.
+
+    Latency quantiles and error ratios are bad only going up; throughput is bad both ways (a
+    drop is an outage, a surge an overload); memory, CPU and restarts are bad going up.
+    An error ratio's scale is floored at 1 percentage point so that one extra error on a quiet
+    service does not alert.
+
+    >>> series_defaults(PointKind.ERROR_RATIO, "http_requests_total:error_ratio")
+    SeriesDefaults(up=True, down=False, rel_floor=0.0, abs_floor=0.01)
+    >>> series_defaults(PointKind.GAUGE, "container_memory_working_set_bytes").down
+    False
+    """
+    name = metric.lower()
+    if kind is PointKind.ERROR_RATIO:
+        return SeriesDefaults(True, False, 0.0, 0.01)
+    if kind is PointKind.QUANTILE:
+        return SeriesDefaults(True, False, 0.05, 1e-3)
+    up_only = any(w in name for w in _UP_ONLY_WORDS)
+    if kind is PointKind.RATE:
+        return SeriesDefaults(True, not up_only, 0.02, 1e-2)
+    if kind is PointKind.LOG_RATE:
+        return SeriesDefaults(True, True, 0.05, 0.05)
+    return SeriesDefaults(True, not up_only, 0.01, 1e-9)
+
+
+class MetricDetectStage:
+    """Streaming per-series anomaly detection, batched across series (see module docstring)."""
+
+    SNAPSHOT_VERSION = 1
+
+    def __init__(self, settings: DetectSettings, overrides: Sequence[MetricOverride] = (),
+                 params: ScorerParams | None = None) -> None:
+        self.settings = settings
+        self.overrides = tuple(overrides)
+        self.scorer = BatchScorer(params or ScorerParams(warmup=settings.warmup))
+        self._index: dict[str, int] = {}
+        self._meta: list[tuple[str, str | None, str]] = []  # key, service, metric
+        self._cap = 0
+        self._st: dict[str, np.ndarray] = {}
+        for name in ("anom_run", "calm_run", "active", "onset_ts", "peak", "min_dur", "on_value", "on_base"):
+            self._st[name] = np.zeros(0)
+        self._grow(16)
+        self.duplicates = 0  # points whose key repeated within one step (the last one wins)
+
+    def _grow(self, need: int) -> None:
+        if need <= self._cap:
+            return
+        cap = max(need, 2 * self._cap, 16)
+        for name, arr in self._st.items():
+            new = np.zeros(cap)
+            new[: len(self._meta)] = arr[: len(self._meta)]
+            self._st[name] = new
+        self._cap = cap
+
+    def _register(self, p: SeriesPoint) -> int:
+        d = series_defaults(p.kind, p.metric)
+        o = resolve(self.overrides, p.metric, p.service)
+        up, down = d.up, d.down
+        if o.direction is not None:
+            up, down = o.direction in ("up", "both"), o.direction in ("down", "both")
+        i = int(self.scorer.add_series(1, up=up, down=down, sensitivity=o.sensitivity or 1.0,
+                                       rel_floor=d.rel_floor, abs_floor=d.abs_floor)[0])
+        self._grow(i + 1)
+        self._meta.append((p.key, p.service, p.metric))
+        self._st["min_dur"][i] = o.min_duration or self.settings.min_duration
+        self._index[p.key] = i
+        return i
+
+    @property
+    def series_count(self) -> int:
+        return len(self._meta)
+
+    def process(self, ts: float, points: Sequence[SeriesPoint]) -> list[Signal]:
+        """Score one aligned step (all points share ``ts``); return onsets and recoveries."""
+        if not points:
+            return []
+        index = self._index
+        batch: dict[int, float] = {}
+        for p in points:
+            i = index.get(p.key)
+            if i is None:
+                i = self._register(p)
+            if i in batch:
+                self.duplicates += 1
+            batch[i] = p.value
+        idx = np.fromiter(batch.keys(), dtype=np.intp, count=len(batch))
+        vals = np.fromiter(batch.values(), dtype=np.float64, count=len(batch))
+        out = self.scorer.update(idx, vals)
+        return self._transitions(ts, idx, vals, out.score, out.z, out.baseline)
+
+    def _transitions(self, ts: float, idx: np.ndarray, vals: np.ndarray, score: np.ndarray,
+                     z: np.ndarray, base: np.ndarray) -> list[Signal]:
+        st = self._st
+        valid = np.isfinite(vals)
+        anom = valid & (score >= self.settings.threshold)
+        calm = valid & ~anom
+        run = st["anom_run"][idx]
+        starting = anom & (run == 0)
+        if starting.any():
+            s_idx = idx[starting]
+            st["onset_ts"][s_idx] = ts
+            st["peak"][s_idx] = 0.0
+        new_run = np.where(anom, run + 1, np.where(calm, 0.0, run))
+        st["anom_run"][idx] = new_run
+        a_idx = idx[anom]
+        st["peak"][a_idx] = np.maximum(st["peak"][a_idx], score[anom])
+        # remember the most extreme value of the run for the evidence sentence
+        take = anom & (score >= st["peak"][idx])
+        st["on_value"][idx[take]] = vals[take]
+        st["on_base"][idx[take]] = base[take]
+        active = st["active"][idx] > 0
+        calm_run = np.where(calm & active, st["calm_run"][idx] + 1, np.where(anom, 0.0, st["calm_run"][idx]))
+        st["calm_run"][idx] = calm_run
+        onset = anom & ~active & (new_run >= st["min_dur"][idx])
+        recover = calm & active & (calm_run >= self.settings.recover_steps)
+        signals: list[Signal] = []
+        for k in np.flatnonzero(onset | recover):
+            i = int(idx[k])
+            key, service, metric = self._meta[i]
+            onset_ts = float(st["onset_ts"][i])
+            sid = f"m:{key}:{int(onset_ts)}"
+            if onset[k]:
+                st["active"][i] = 1.0
+                st["calm_run"][i] = 0.0
+                direction = "up" if z[k] >= 0 else "down"
+                peak = float(st["peak"][i])
+                signals.append(Signal(id=sid, ts=onset_ts, kind=SignalKind.METRIC, service=service, name=metric,
+                                      score=round(peak, 3), direction=direction,
+                                      evidence=(_evidence(metric, float(st["on_value"][i]),
+                                                          float(st["on_base"][i]), peak),)))
+            else:
+                st["active"][i] = 0.0
+                st["anom_run"][i] = 0.0
+                signals.append(Signal(id=sid, ts=onset_ts, kind=SignalKind.METRIC, service=service, name=metric,
+                                      score=round(float(st["peak"][i]), 3), end_ts=ts,
+                                      evidence=(f"{metric} back to normal ({vals[k]:.3g}) at {ts:.0f}",)))
+        return signals
+
+    # -- state ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Versioned, JSON-able state of every series."""
+        n = len(self._meta)
+        return {
+            "version": self.SNAPSHOT_VERSION,
+            "scorer": self.scorer.snapshot(),
+            "series": [list(m) for m in self._meta],
+            "state": {k: v[:n].tolist() for k, v in self._st.items()},
+            "duplicates": self.duplicates,
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any], settings: DetectSettings,
+                      overrides: Sequence[MetricOverride] = ()) -> MetricDetectStage:
+        """Rebuild the stage from :meth:`snapshot` output (settings/overrides are today's)."""
+        if data.get("version") != cls.SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported detect snapshot version {data.get('version')!r}")
+        obj = cls(settings, overrides)
+        obj.scorer = BatchScorer.from_snapshot(data["scorer"])
+        meta = [(str(k), s, str(m)) for k, s, m in data["series"]]
+        obj._meta = meta
+        obj._index = {k: i for i, (k, _, _) in enumerate(meta)}
+        obj._grow(len(meta))
+        for k, v in data["state"].items():
+            if k in obj._st:
+                obj._st[k][: len(meta)] = np.asarray(v, dtype=np.float64)
+        obj.duplicates = int(data.get("duplicates", 0))
+        return obj
+
+
+def _evidence(metric: str, value: float, base: float, score: float) -> str:
+    if np.isfinite(base) and abs(base) > 1e-12:
+        pct = f" ({(value - base) / abs(base) * 100:+.0f}%)"
+    else:
+        pct = ""
+    return f"{metric} {value:.3g} vs baseline {base:.3g}{pct}, score {score:.1f}"
