@@ -46,10 +46,25 @@ class CorrelateSettings(BaseModel):
     flap_window_s: float = Field(1800.0, ge=0, description="a re-fire within this time re-opens the incident")
     change_lookback_s: float = Field(1800.0, ge=0, description="changes this long before onset count as suspects")
     min_signals: int = Field(2, ge=1, description="signals needed to open an incident (unless one is severe)")
+    strong_score: float = Field(0.95, description="a signal scoring at least this opens an incident alone")
+    persist_s: float = Field(120.0, ge=0, description="a lone signal active this long opens an incident")
+    onset_tolerance_s: float = Field(30.0, ge=0, description="onsets this close count as simultaneous in ranking")
 
 
 class ActSettings(BaseModel):
     dry_run: bool = True
+
+
+class LogFieldSettings(BaseModel):
+    """Dotted paths tried in order to find each field of a JSON log message (first match wins)."""
+
+    ts: list[str] = Field(default_factory=lambda: ["ts", "timestamp", "@timestamp", "time", "date"])
+    service: list[str] = Field(default_factory=lambda: [
+        "service", "service.name", "kubernetes.labels.app.kubernetes.io/name", "kubernetes.labels.app",
+        "kubernetes.pod_labels.app.kubernetes.io/name", "kubernetes.pod_labels.app",
+        "kubernetes.container_name", "kubernetes.container.name"])
+    level: list[str] = Field(default_factory=lambda: ["level", "severity", "log.level", "lvl", "levelname"])
+    message: list[str] = Field(default_factory=lambda: ["message", "log", "msg"])
 
 
 class KafkaSettings(BaseModel):
@@ -67,17 +82,57 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     max_batch: int = Field(5000, ge=1)
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    # Added for the live daemon (issue 3): message forms, TLS client certs, consumer behaviour.
+    metrics_format: Literal["auto", "jsonline", "prometheus_kafka_adapter"] = "auto"
+    logs_format: Literal["json", "raw"] = Field("json", description="raw: one text line per message")
+    log_fields: LogFieldSettings = Field(default_factory=lambda: LogFieldSettings())
+    service_header: str = Field("service", description="header naming the service of a raw log line (else the key)")
+    client_id: str = "aiops"
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    queue_batches: int = Field(4, ge=1, description="decoded batches buffered between consumer and pipeline")
+    commit_interval_s: float = Field(1.0, ge=0, description="processed offsets are committed at most this often")
 
 
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    remote_write: bool = Field(True, description="accept Prometheus remote-write on POST /api/v1/write")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
 
 class AlertmanagerSettings(BaseModel):
     urls: list[str] = Field(default_factory=list)
     resend_s: float = 60.0
     generator_url: str = ""
+    alertname: str = "AiopsIncident"
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    url: str | None = None
+    secret: str | None = Field(None, description="HMAC-SHA256 key; signs each body in X-Aiops-Signature")
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    buffer_size: int = Field(1000, ge=1, description="alerts waiting to be sent; the oldest are dropped beyond it")
+
+
+class PrometheusPollSettings(BaseModel):
+    url: str | None = None
+    queries: list[str] = Field(default_factory=list, description="PromQL selectors run through query_range")
+    interval_s: float = Field(30.0, gt=0)
+    delay_s: float = Field(30.0, ge=0, description="stay this far behind now so late scrapes are in")
+    max_points: int = Field(10000, ge=10, description="points per series per request (Prometheus caps 11000)")
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class LiveSettings(BaseModel):
+    queue_size: int = Field(10000, ge=1, description="records buffered from HTTP sources before they push back")
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="SIGTERM: drain, flush and commit within this time")
+    idle_advance_s: float = Field(5.0, gt=0, description="with no input this long, event time follows the wall clock")
 
 
 class Settings(BaseSettings):
@@ -97,6 +152,9 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    prometheus: PrometheusPollSettings = Field(default_factory=PrometheusPollSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
 
 
 class ConfigError(Exception):

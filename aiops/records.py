@@ -160,6 +160,19 @@ class IncidentStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why an incident opened, why each cause ranked where it did, and what was left out.
+
+    Plain sentences, kept by the correlator so ``aiops explain`` can answer from a replay
+    output file or a state file without re-running anything.
+    """
+
+    opened: tuple[str, ...] = ()
+    ranking: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Incident:
     """A snapshot of an incident at one decision point (open, update or resolved)."""
 
@@ -172,6 +185,7 @@ class Incident:
     severity: str
     signals: tuple[Signal, ...] = ()
     changes: tuple[ChangeEvent, ...] = ()
+    explain: Explanation | None = None
 
 
 class AlertStatus(StrEnum):
@@ -241,6 +255,8 @@ def to_output(decision: Decision) -> dict[str, Any]:
                  "score": round(s.score, 3)}
                 for s in decision.signals
             ],
+            **({"explain": {"opened": list(decision.explain.opened), "ranking": list(decision.explain.ranking),
+                            "left_out": list(decision.explain.left_out)}} if decision.explain else {}),
         }
     if isinstance(decision, Alert):
         return {

@@ -1,0 +1,423 @@
+"""Signals and change events -> incidents with ranked root causes (open / update / resolved).
+
+Grouping is by time, service and topology, in the manner of Alertmanager's group-by but on the
+call graph: a new signal joins a live incident when its service is one of the incident's
+services or adjacent to one of them in the :class:`~aiops.correlate.topology.Topology`, and
+its onset is within ``window_s`` of the incident's latest activity. Signals that join nothing
+wait in a pending pool; a group of related pending signals opens an incident once it holds
+``min_signals`` distinct series (or one signal is strong: ``score >= strong_score``, or has
+stayed active ``persist_s``) and at least one of them is still active.
+
+Lifecycle, as seen in the records :meth:`Correlator.tick` returns:
+
+- ``open``: once per incident id, never again;
+- ``update``: the set of services, the order of the top root causes or the severity changed
+  (nothing is emitted for evidence that changes no conclusion), or a resolved incident re-fired
+  within ``flap_window_s`` (flap control: the *same* id comes back with status ``update`` and
+  ``explain.opened`` says it was reopened; there is no second ``open``, so no second page);
+- ``resolved``: no signal of the incident has been active for ``resolve_after_s``.
+
+Everything is a function of the inputs and event time (no clock), so replay is exact.
+
+>>> import structlog
+>>> from aiops.config import CorrelateSettings
+>>> from aiops.records import Signal, SignalKind
+>>> quiet = structlog.wrap_logger(structlog.ReturnLogger())  # a daemon passes nothing: logs go to stderr
+>>> c = Correlator(CorrelateSettings(), Topology.from_mapping({"web": ["db"]}), logger=quiet)
+>>> for i, (svc, ts) in enumerate([("db", 100.0), ("web", 115.0)]):
+...     c.on_signal(Signal(id=f"s{i}", ts=ts, kind=SignalKind.METRIC, service=svc,
+...                        name="http_requests_total:error_ratio", score=0.9, direction="up"))
+>>> [(i.status.value, i.root_causes[0].service) for i in c.tick(120.0)]
+[('open', 'db')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import structlog
+
+from aiops.config import CorrelateSettings
+from aiops.correlate.rank import hms, rank_causes
+from aiops.correlate.topology import Topology
+from aiops.records import (
+    ChangeEvent,
+    Explanation,
+    Incident,
+    IncidentStatus,
+    RootCause,
+    Signal,
+    SignalKind,
+    make_labels,
+)
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_VERSION = 1
+MAX_LEFT_OUT = 20
+"""Left-out notes kept per incident: enough to explain, bounded so a storm cannot grow state."""
+
+ENTRY_HIT_METRICS = ("*error_ratio*", "*availability*", "*success*")
+"""Series whose anomaly at an entry service means users are hit (critical by default)."""
+CRITICAL_SERVICES = 3
+"""An incident spanning this many services is critical by default."""
+
+
+@dataclass
+class _Inc:
+    id: str
+    opened_ts: float
+    signal_ids: list[str] = field(default_factory=list)
+    last_activity: float = 0.0
+    resolved_ts: float | None = None
+    reopened: int = 0
+    published: tuple[tuple[str, ...], tuple[str, ...], str] | None = None  # services, top-3, severity
+    opened_why: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    ranking_lines: list[str] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.resolved_ts is None
+
+
+class Correlator:
+    """Turns a stream of signals and changes into incidents (see the module docstring)."""
+
+    def __init__(self, settings: CorrelateSettings, topology: Topology, logger: Any = None) -> None:
+        self.settings = settings
+        self._log = logger if logger is not None else log
+        self.topology = topology
+        self._signals: dict[str, Signal] = {}
+        self._owner: dict[str, str] = {}  # signal id -> incident id
+        self._pending: list[str] = []  # signal ids waiting for enough evidence
+        self._new: list[str] = []  # signal ids seen since the last tick
+        self._changes: list[ChangeEvent] = []
+        self._incidents: dict[str, _Inc] = {}
+        self._seq = 0
+        self._last_tick: float | None = None
+
+    # -- input ----------------------------------------------------------------------------
+
+    def on_signal(self, signal: Signal) -> None:
+        """Take an onset (``end_ts`` None) or a recovery (same ``id``, ``end_ts`` set)."""
+        if signal.kind is SignalKind.CHANGE:
+            return  # changes come through on_change
+        self.topology.learn_from_signal(signal)
+        known = self._signals.get(signal.id)
+        if known is not None:
+            # A recovery keeps the onset we grouped by; a repeated onset only refreshes evidence.
+            self._signals[signal.id] = Signal(
+                id=known.id, ts=known.ts, kind=known.kind, service=known.service, name=known.name,
+                score=max(known.score, signal.score), direction=known.direction or signal.direction,
+                evidence=known.evidence or signal.evidence, end_ts=signal.end_ts, labels=known.labels,
+            )
+            return
+        self._signals[signal.id] = signal
+        self._new.append(signal.id)
+
+    def on_change(self, event: ChangeEvent) -> None:
+        """Remember a deploy / config change as a root-cause suspect for later onsets."""
+        self._changes.append(event)
+
+    # -- the step -------------------------------------------------------------------------
+
+    def tick(self, ts: float) -> list[Incident]:
+        """Advance to event time ``ts``: group new signals, open, update and resolve incidents."""
+        self._last_tick = ts
+        out: list[Incident] = []
+        new, self._new = self._new, []
+        new.sort(key=lambda i: (self._signals[i].ts, i))
+        touched: set[str] = set()
+        for sid in new:
+            inc_id = self._attach(sid, ts, out)
+            if inc_id is None:
+                self._pending.append(sid)
+            else:
+                touched.add(inc_id)
+        out.extend(self._open_from_pending(ts))
+        for inc in list(self._incidents.values()):
+            if inc.live:
+                rec = self._refresh(inc, ts)
+                if rec is not None:
+                    out.append(rec)
+        self._prune(ts)
+        return out
+
+    def _attach(self, sid: str, ts: float, out: list[Incident]) -> str | None:
+        sig = self._signals[sid]
+        if sig.service is None:
+            return None
+        w = self.settings.window_s
+        best: _Inc | None = None
+        for inc in self._incidents.values():
+            services = self._services(inc)
+            if not any(self.topology.related(sig.service, s) for s in services):
+                continue
+            if inc.live:
+                if sig.ts > inc.last_activity + w or sig.ts < inc.opened_ts - w:
+                    continue
+            elif inc.resolved_ts is None or sig.ts - inc.resolved_ts > self.settings.flap_window_s:
+                continue
+            if best is None or (inc.live, inc.last_activity) > (best.live, best.last_activity):
+                best = inc
+        if best is None:
+            return None
+        if not best.live:
+            best.resolved_ts = None
+            best.reopened += 1
+            best.published = None  # force an update record for the re-fire
+            best.opened_why.append(f"reopened at {hms(ts)} (re-fire #{best.reopened} within the flap window): "
+                                   f"{self._describe(sig)}")
+            self._log.info("incident_reopened", incident_id=best.id, service=sig.service, signal=sig.name)
+        self._join(best, sid)
+        return best.id
+
+    def _join(self, inc: _Inc, sid: str) -> None:
+        sig = self._signals[sid]
+        inc.signal_ids.append(sid)
+        self._owner[sid] = inc.id
+        inc.last_activity = max(inc.last_activity, sig.ts)
+        for other in self._services(inc):
+            if other != sig.service and sig.service is not None:
+                self.topology.observe_co_anomaly(sig.service, other)
+
+    def _open_from_pending(self, ts: float) -> list[Incident]:
+        s = self.settings
+        alive: list[str] = []
+        for sid in self._pending:
+            sig = self._signals[sid]
+            if sig.ts < ts - s.window_s and not sig.active:
+                continue  # too old to join anything: it was noise
+            alive.append(sid)
+        self._pending = alive
+        if not alive:
+            return []
+        groups = self._components(alive)
+        out: list[Incident] = []
+        for group in groups:
+            why = self._opening_reason(group, ts)
+            if why is None:
+                continue
+            self._seq += 1
+            first = min(self._signals[g].ts for g in group)
+            inc = _Inc(id=f"inc-{int(first)}-{self._seq}", opened_ts=ts, last_activity=first)
+            inc.opened_why.append(why)
+            for sid in sorted(group, key=lambda g: (self._signals[g].ts, g)):
+                self._join(inc, sid)
+            self._incidents[inc.id] = inc
+            self._pending = [p for p in self._pending if p not in set(group)]
+            rec = self._refresh(inc, ts, status=IncidentStatus.OPEN)
+            assert rec is not None
+            self._log.info("incident_opened", incident_id=inc.id, services=list(rec.services),
+                     root_cause=rec.root_causes[0].service if rec.root_causes else None)
+            out.append(rec)
+        # signals still pending are noted as left out of the incidents live around them
+        for sid in self._pending:
+            self._note_left_out(sid, "not connected to its services in the topology, "
+                                     "and not enough evidence to open an incident of its own")
+        return out
+
+    def _components(self, sids: Sequence[str]) -> list[list[str]]:
+        """Union-find over pending signals: same / related service, onsets within the window."""
+        parent = list(range(len(sids)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        sigs = [self._signals[s] for s in sids]
+        for i in range(len(sids)):
+            for j in range(i + 1, len(sids)):
+                a, b = sigs[i], sigs[j]
+                if a.service is None or b.service is None:
+                    continue
+                if abs(a.ts - b.ts) <= self.settings.window_s and self.topology.related(a.service, b.service):
+                    parent[find(i)] = find(j)
+        groups: dict[int, list[str]] = {}
+        for i, sid in enumerate(sids):
+            if sigs[i].service is not None:
+                groups.setdefault(find(i), []).append(sid)
+        return sorted(groups.values(), key=lambda g: min((self._signals[x].ts, x) for x in g))
+
+    def _opening_reason(self, group: Sequence[str], ts: float) -> str | None:
+        s = self.settings
+        sigs = [self._signals[g] for g in group]
+        active = [x for x in sigs if x.active]
+        if not active:
+            return None
+        series = {(x.service, x.name) for x in sigs}
+        services = sorted({x.service for x in sigs if x.service})
+        if len(series) >= s.min_signals:
+            return (f"{len(series)} anomalous series in {', '.join(services)} within "
+                    f"{max(x.ts for x in sigs) - min(x.ts for x in sigs):.0f} s "
+                    f"(at least {s.min_signals} needed)")
+        strong = max(active, key=lambda x: x.score)
+        if strong.score >= s.strong_score:
+            return f"one strong signal: {self._describe(strong)} (score {strong.score:.2f} >= {s.strong_score})"
+        lasting = min(active, key=lambda x: x.ts)
+        if ts - lasting.ts >= s.persist_s:
+            return f"one signal active for {ts - lasting.ts:.0f} s (>= {s.persist_s:.0f} s): {self._describe(lasting)}"
+        return None
+
+    def _refresh(self, inc: _Inc, ts: float, status: IncidentStatus | None = None) -> Incident | None:
+        sigs = [self._signals[i] for i in inc.signal_ids if i in self._signals]
+        if any(x.active for x in sigs):
+            inc.last_activity = max(inc.last_activity, ts)  # a lasting fault keeps its incident joinable
+        if status is None and sigs:
+            ends = [x.end_ts for x in sigs]
+            if all(e is not None for e in ends) and ts - max(e for e in ends if e is not None) >= \
+                    self.settings.resolve_after_s:
+                inc.resolved_ts = ts
+                self._log.info("incident_resolved", incident_id=inc.id)
+                return self._record(inc, ts, IncidentStatus.RESOLVED, sigs)
+        rec = self._record(inc, ts, status or IncidentStatus.UPDATE, sigs)
+        key = (rec.services, tuple(rc.service for rc in rec.root_causes[:3]), rec.severity)
+        if status is None and key == inc.published:
+            return None
+        inc.published = key
+        return rec
+
+    def _record(self, inc: _Inc, ts: float, status: IncidentStatus, sigs: list[Signal]) -> Incident:
+        first = min((x.ts for x in sigs), default=inc.opened_ts)
+        lookback = self.settings.change_lookback_s
+        changes = tuple(c for c in self._changes if first - lookback <= c.ts <= ts)
+        causes, lines = rank_causes(sigs, changes, self.topology, change_lookback_s=lookback,
+                                    tolerance_s=self.settings.onset_tolerance_s)
+        inc.ranking_lines = lines
+        services = tuple(sorted({x.service for x in sigs if x.service}))
+        return Incident(
+            id=inc.id, ts=ts, status=status, opened_ts=inc.opened_ts, services=services,
+            root_causes=tuple(causes), severity=self._severity(sigs, services), signals=tuple(sigs),
+            changes=changes,
+            explain=Explanation(opened=tuple(inc.opened_why), ranking=tuple(lines), left_out=tuple(inc.left_out)),
+        )
+
+    def _severity(self, sigs: Sequence[Signal], services: Sequence[str]) -> str:
+        if len(services) >= CRITICAL_SERVICES:
+            return "critical"
+        for x in sigs:
+            if x.service and self.topology.is_entry(x.service) and x.kind is SignalKind.METRIC and \
+                    any(fnmatchcase(x.name, g) for g in ENTRY_HIT_METRICS):
+                return "critical"
+        return "warning"
+
+    def _note_left_out(self, sid: str, why: str) -> None:
+        sig = self._signals[sid]
+        for inc in self._incidents.values():
+            if inc.live and inc.opened_ts - self.settings.window_s <= sig.ts <= inc.last_activity + \
+                    self.settings.window_s:
+                note = f"{sig.service}: {self._describe(sig)} at {hms(sig.ts)}: {why}"
+                if note not in inc.left_out and len(inc.left_out) < MAX_LEFT_OUT:
+                    inc.left_out.append(note)
+
+    def _prune(self, ts: float) -> None:
+        """Forget what can no longer matter, so state stays bounded in a long-running daemon."""
+        keep_changes = self.settings.change_lookback_s + self.settings.window_s
+        self._changes = [c for c in self._changes if c.ts >= ts - keep_changes]
+        horizon = self.settings.flap_window_s + self.settings.resolve_after_s
+        for inc_id, inc in list(self._incidents.items()):
+            if inc.resolved_ts is not None and ts - inc.resolved_ts > horizon:
+                for sid in inc.signal_ids:
+                    self._signals.pop(sid, None)
+                    self._owner.pop(sid, None)
+                del self._incidents[inc_id]
+        pending = set(self._pending) | set(self._new)
+        for sid in [s for s in self._signals if s not in self._owner and s not in pending]:
+            del self._signals[sid]
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _services(self, inc: _Inc) -> set[str]:
+        return {svc for i in inc.signal_ids if (svc := self._signals[i].service) is not None}
+
+    @staticmethod
+    def _describe(sig: Signal) -> str:
+        arrow = f" {sig.direction}" if sig.direction else ""
+        return f"{sig.service} {sig.kind.value} {sig.name}{arrow}"
+
+    def incident_ids(self) -> list[str]:
+        return list(self._incidents)
+
+    def explanation(self, incident_id: str) -> Explanation | None:
+        """The explanation of a live or recently resolved incident, for ``aiops explain``."""
+        inc = self._incidents.get(incident_id)
+        if inc is None:
+            return None
+        return Explanation(opened=tuple(inc.opened_why), ranking=tuple(inc.ranking_lines),
+                           left_out=tuple(inc.left_out))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able state (versioned); :meth:`from_snapshot` rebuilds an equal correlator."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "topology": self.topology.snapshot(),
+            "signals": [_signal_out(s) for s in self._signals.values()],
+            "owner": dict(self._owner),
+            "pending": list(self._pending),
+            "new": list(self._new),
+            "changes": [{"ts": c.ts, "type": c.type, "service": c.service, "attrs": [list(a) for a in c.attrs]}
+                        for c in self._changes],
+            "incidents": [
+                {"id": i.id, "opened_ts": i.opened_ts, "signal_ids": i.signal_ids, "last_activity": i.last_activity,
+                 "resolved_ts": i.resolved_ts, "reopened": i.reopened,
+                 "published": [list(i.published[0]), list(i.published[1]), i.published[2]] if i.published else None,
+                 "opened_why": i.opened_why, "left_out": i.left_out, "ranking_lines": i.ranking_lines}
+                for i in self._incidents.values()
+            ],
+            "seq": self._seq,
+            "last_tick": self._last_tick,
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any], settings: CorrelateSettings,
+                      topology: Topology | None = None, logger: Any = None) -> Correlator:
+        """Rebuild from :meth:`snapshot`; a given ``topology`` is merged with the saved one."""
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported correlator snapshot version {data.get('version')!r}")
+        topo = Topology.from_snapshot(data["topology"])
+        if topology is not None:
+            topo.merge(topology)
+        c = cls(settings, topo, logger=logger)
+        c._signals = {s["id"]: _signal_in(s) for s in data["signals"]}
+        c._owner = dict(data["owner"])
+        c._pending = list(data["pending"])
+        c._new = list(data["new"])
+        c._changes = [ChangeEvent(ts=x["ts"], type=x["type"], service=x["service"],
+                                  attrs=tuple((a, b) for a, b in x["attrs"])) for x in data["changes"]]
+        for d in data["incidents"]:
+            pub = d["published"]
+            c._incidents[d["id"]] = _Inc(
+                id=d["id"], opened_ts=d["opened_ts"], signal_ids=list(d["signal_ids"]),
+                last_activity=d["last_activity"], resolved_ts=d["resolved_ts"], reopened=d["reopened"],
+                published=(tuple(pub[0]), tuple(pub[1]), pub[2]) if pub else None,
+                opened_why=list(d["opened_why"]), left_out=list(d["left_out"]),
+                ranking_lines=list(d["ranking_lines"]),
+            )
+        c._seq = int(data["seq"])
+        c._last_tick = data.get("last_tick")
+        return c
+
+
+def _signal_out(s: Signal) -> dict[str, Any]:
+    return {"id": s.id, "ts": s.ts, "kind": s.kind.value, "service": s.service, "name": s.name, "score": s.score,
+            "direction": s.direction, "evidence": list(s.evidence), "end_ts": s.end_ts,
+            "labels": [list(x) for x in s.labels]}
+
+
+def _signal_in(d: Mapping[str, Any]) -> Signal:
+    return Signal(id=d["id"], ts=d["ts"], kind=SignalKind(d["kind"]), service=d["service"], name=d["name"],
+                  score=d["score"], direction=d["direction"], evidence=tuple(d["evidence"]), end_ts=d["end_ts"],
+                  labels=make_labels(dict(d["labels"])))
+
+
+def top_services(causes: Iterable[RootCause], n: int = 3) -> list[str]:
+    """The first ``n`` services of a ranking."""
+    return [rc.service for rc in causes][:n]

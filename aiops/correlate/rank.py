@@ -1,0 +1,247 @@
+"""Root-cause ranking of the services in one incident, with the evidence behind each rank.
+
+Each anomalous service gets a score from five pieces of evidence an on-call engineer would
+weigh themselves, and a sentence for each piece that they can check on a dashboard:
+
+- **onset order**: the fault shows first where it starts (the earliest anomalous service);
+- **propagation direction**: errors and latency flow from callee to caller, so a service
+  whose anomalous callees turned bad no later than itself is more likely a victim, and a
+  service that every other anomalous service (transitively) calls explains them all
+  (the "upstream explains downstream" heuristic of MicroRCA, Wu et al., NOMS 2020, and
+  CauseInfer, Chen et al., INFOCOM 2014);
+- **recent change**: a deploy or config change of the service shortly before its first
+  anomaly (most production incidents follow a change);
+- **its own error logs**: new or bursting ERROR/WARN templates in the service's logs;
+- **strength**: how strongly and how broadly its series deviate.
+
+Services that are not anomalous but are called by several anomalous services that share
+nothing else downstream are added as *unobserved* candidates: a database or third-party API
+rarely exports the metrics that would make it anomalous itself.
+
+The weights are deliberately plain and documented in :data:`WEIGHTS`; none names a service,
+a metric family beyond generic globs, or a scenario.
+
+>>> from aiops.correlate.topology import Topology
+>>> from aiops.records import Signal, SignalKind
+>>> t = Topology.from_mapping({"web": ["api"], "api": ["db"]})
+>>> sig = lambda svc, ts: Signal(id=svc, ts=ts, kind=SignalKind.METRIC, service=svc,
+...                              name="http_requests_total:error_ratio", score=1.0, direction="up")
+>>> ranked, _ = rank_causes([sig("web", 60.0), sig("api", 30.0), sig("db", 0.0)], [], t)
+>>> [rc.service for rc in ranked]
+['db', 'api', 'web']
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiops.correlate.topology import Topology
+from aiops.records import ChangeEvent, RootCause, Signal, SignalKind
+
+WEIGHTS = {
+    "early": 0.25,  # among the first anomalous services
+    "root_like": 0.20,  # no anomalous callee turned bad before it
+    "explains": 0.20,  # share of the other anomalous services that (transitively) call it, later
+    "change": 0.20,  # a change of this service shortly before its onset
+    "logs": 0.07,  # its own new / bursting error templates
+    "strength": 0.08,  # strength and breadth of its anomalies
+}
+
+UNOBSERVED_FACTOR = 0.8
+"""An unobserved common callee scores this fraction of what the evidence alone would give it."""
+
+
+def hms(ts: float) -> str:
+    """Event time as ``HH:MM:SS`` UTC, the form an engineer matches against a dashboard.
+
+    >>> hms(1767225615.0)
+    '00:00:15'
+    """
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M:%S")
+
+
+def _describe(sig: Signal) -> str:
+    if sig.kind is SignalKind.LOG:
+        text = sig.evidence[0] if sig.evidence else sig.name
+        return f"log {text[:80]!r}"
+    arrow = {"up": " up", "down": " down"}.get(sig.direction, "")
+    short = sig.name.split(":", 1)[1] if ":" in sig.name and sig.kind is SignalKind.METRIC else sig.name
+    return f"{short}{arrow}" if sig.kind is SignalKind.METRIC else f"{sig.kind.value} {sig.name}{arrow}"
+
+
+@dataclass
+class _Service:
+    name: str
+    signals: list[Signal] = field(default_factory=list)
+    onset: float = math.inf
+    parts: dict[str, float] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+    observed: bool = True
+
+    @property
+    def score(self) -> float:
+        s = sum(WEIGHTS[k] * v for k, v in self.parts.items())
+        return s if self.observed else s * UNOBSERVED_FACTOR
+
+
+def _change_for(service: str, onset: float, changes: Sequence[ChangeEvent], lookback_s: float,
+                tolerance_s: float) -> ChangeEvent | None:
+    best: ChangeEvent | None = None
+    for ch in changes:
+        if ch.service == service and onset - lookback_s <= ch.ts <= onset + tolerance_s:
+            if best is None or ch.ts > best.ts:
+                best = ch
+    return best
+
+
+def _change_sentence(ch: ChangeEvent, onset: float) -> str:
+    version = ch.attr("version")
+    prev = ch.attr("previous_version")
+    what = ch.type + (f" {version}" if version else "") + (f" (from {prev})" if prev else "")
+    delta = onset - ch.ts
+    when = f"{delta:.0f} s before first anomaly" if delta >= 0 else f"{-delta:.0f} s after first anomaly"
+    return f"{what} at {hms(ch.ts)}, {when}"
+
+
+def rank_causes(
+    signals: Sequence[Signal],
+    changes: Sequence[ChangeEvent],
+    topology: Topology,
+    *,
+    change_lookback_s: float = 1800.0,
+    tolerance_s: float = 30.0,
+    max_causes: int = 5,
+) -> tuple[list[RootCause], list[str]]:
+    """Rank the services of an incident; returns the causes and one explanation line per cause."""
+    by_service: dict[str, _Service] = {}
+    for sig in signals:
+        if sig.service is None or sig.kind is SignalKind.CHANGE:
+            continue
+        svc = by_service.setdefault(sig.service, _Service(sig.service))
+        svc.signals.append(sig)
+        svc.onset = min(svc.onset, sig.ts)
+    if not by_service:
+        return [], []
+    t0 = min(s.onset for s in by_service.values())
+    anomalous = set(by_service)
+    max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
+    max_breadth = max(len({sig.name for sig in s.signals}) for s in by_service.values())
+
+    for cand in _unobserved_candidates(anomalous, by_service, topology):
+        by_service[cand.name] = cand
+
+    for svc in by_service.values():
+        _score_service(svc, by_service, anomalous, t0, changes, topology, change_lookback_s, tolerance_s,
+                       max_strength, max_breadth)
+
+    ordered = sorted(by_service.values(), key=lambda s: (-s.score, s.onset, s.name))[:max_causes]
+    causes: list[RootCause] = []
+    lines: list[str] = []
+    for i, svc in enumerate(ordered, 1):
+        metric_sig = max((s for s in svc.signals if s.kind is not SignalKind.LOG), key=lambda s: s.score,
+                         default=None)
+        log_sig = max((s for s in svc.signals if s.kind is SignalKind.LOG), key=lambda s: s.score, default=None)
+        causes.append(RootCause(
+            service=svc.name, score=round(svc.score, 4),
+            metric=metric_sig.name if metric_sig else None,
+            template=log_sig.name if log_sig else None,
+            evidence=tuple(svc.evidence),
+        ))
+        parts = ", ".join(f"{k} {v:.2f}x{WEIGHTS[k]:.2f}" for k, v in svc.parts.items() if v)
+        lines.append(f"#{i} {svc.name} score {svc.score:.3f} = {parts or 'no evidence'}"
+                     + ("" if svc.observed else f" (unobserved, x{UNOBSERVED_FACTOR})"))
+    return causes, lines
+
+
+def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
+                           topology: Topology) -> list[_Service]:
+    """Healthy-looking services called by two or more anomalous services with no anomalous callee.
+
+    When several callers fail together and share one callee that exports nothing anomalous,
+    that callee is the simplest explanation of all of them.
+    """
+    callers_of: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(anomalous):
+        if any(c in anomalous for c in topology.callees(name)):
+            continue  # its trouble is already explained by an anomalous callee
+        for callee in topology.callees(name):
+            if callee not in anomalous:
+                callers_of[callee].append(name)
+    out = []
+    for callee, callers in sorted(callers_of.items()):
+        if len(callers) >= 2:
+            svc = _Service(callee, observed=False)
+            svc.onset = min(by_service[c].onset for c in callers)
+            out.append(svc)
+    return out
+
+
+def _score_service(
+    svc: _Service, by_service: dict[str, _Service], anomalous: set[str], t0: float,
+    changes: Sequence[ChangeEvent], topology: Topology, lookback_s: float, tol: float,
+    max_strength: float, max_breadth: int,
+) -> None:
+    name = svc.name
+    others = anomalous - {name}
+
+    # onset order (an unobserved candidate inherits the earliest onset of its anomalous callers)
+    lag = svc.onset - t0
+    svc.parts["early"] = 1.0 if lag <= tol else math.exp(-(lag - tol) / 120.0)
+    if svc.observed:
+        first = min(svc.signals, key=lambda s: (s.ts, -s.score))
+        if lag <= tol:
+            svc.evidence.append(f"first anomalous service: {_describe(first)} at {hms(first.ts)}")
+        else:
+            svc.evidence.append(f"anomalous {lag:.0f} s after the first service: {_describe(first)} "
+                                f"at {hms(first.ts)}")
+
+    # propagation: anomalous services it depends on, and anomalous services depending on it
+    if topology.knows(name):
+        below = topology.downstream(name) & anomalous
+        earlier_below = sorted(c for c in below if by_service[c].onset <= svc.onset + tol)
+        if not earlier_below:
+            svc.parts["root_like"] = 1.0
+            callees = topology.callees(name)
+            if callees:
+                svc.evidence.append(f"its callees {', '.join(callees[:4])} look healthy"
+                                    if not below else f"its anomalous callees {', '.join(sorted(below)[:4])} "
+                                    f"turned bad later")
+        else:
+            svc.parts["root_like"] = 0.0
+            svc.evidence.append(f"callee {', '.join(earlier_below[:3])} anomalous no later "
+                                f"(likely a victim of it)")
+        above = [o for o in sorted(others) if name in topology.downstream(o)
+                 and by_service[o].onset >= svc.onset - tol]
+        if others:
+            svc.parts["explains"] = len(above) / len(others)
+        if above:
+            lags = [by_service[o].onset - svc.onset for o in above]
+            svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {max(0.0, min(lags)):.0f}-"
+                                f"{max(0.0, max(lags)):.0f} s later")
+    else:
+        svc.parts["root_like"] = 0.5  # the graph cannot tell; neither credit nor blame
+
+    # a recent change of its own
+    ch = _change_for(name, svc.onset, changes, lookback_s, tol)
+    if ch is not None:
+        svc.parts["change"] = 1.0
+        svc.evidence.append(_change_sentence(ch, svc.onset))
+
+    if not svc.observed:
+        svc.evidence.insert(0, "not anomalous itself but called by anomalous "
+                            + ", ".join(o for o in sorted(others) if name in topology.callees(o)))
+        return
+
+    logs = [s for s in svc.signals if s.kind is SignalKind.LOG]
+    if logs:
+        svc.parts["logs"] = 1.0
+        top = max(logs, key=lambda s: s.score)
+        svc.evidence.append(f"its own logs: {_describe(top)} from {hms(top.ts)}")
+
+    strength = max(s.score for s in svc.signals) / max_strength
+    breadth = len({s.name for s in svc.signals}) / max(1, max_breadth)
+    svc.parts["strength"] = 0.5 * strength + 0.5 * breadth

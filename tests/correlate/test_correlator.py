@@ -1,0 +1,226 @@
+"""Correlator: grouping, lifecycle, flap control, ranking evidence, snapshot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from aiops.config import CorrelateSettings
+from aiops.correlate.correlator import Correlator
+from aiops.correlate.topology import Topology
+from aiops.records import ChangeEvent, Incident, IncidentStatus, Signal, SignalKind
+
+T0 = 1_767_225_600.0
+STEP = 15.0
+QUIET = structlog.wrap_logger(structlog.ReturnLogger())
+TOPO = {"frontend": ["checkout", "catalog"], "checkout": ["payments", "postgres"], "catalog": ["postgres"],
+        "mail": ["smtp"]}
+
+
+def sig(sid: str, svc: str, ts: float, name: str = "http_requests_total:error_ratio", score: float = 0.8,
+        end: float | None = None, kind: SignalKind = SignalKind.METRIC, direction: str = "up") -> Signal:
+    return Signal(id=sid, ts=ts, kind=kind, service=svc, name=name, score=score, direction=direction, end_ts=end)
+
+
+def make(topology: dict[str, list[str]] | None = None, **kw: float) -> Correlator:
+    return Correlator(CorrelateSettings(**kw), Topology.from_mapping(topology if topology is not None else TOPO),
+                      logger=QUIET)
+
+
+def run(c: Correlator, start: float, end: float) -> list[Incident]:
+    out = []
+    ts = start
+    while ts <= end:
+        out.extend(c.tick(ts))
+        ts += STEP
+    return out
+
+
+def opens(records: list[Incident]) -> list[Incident]:
+    return [r for r in records if r.status is IncidentStatus.OPEN]
+
+
+def test_connected_services_join_one_incident() -> None:
+    c = make()
+    c.on_signal(sig("a", "payments", T0))
+    c.on_signal(sig("b", "payments", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("c", "checkout", T0 + 30))
+    c.on_signal(sig("d", "frontend", T0 + 60))
+    out = run(c, T0, T0 + 120)
+    assert len(opens(out)) == 1
+    assert set(out[-1].services) == {"payments", "checkout", "frontend"}
+
+
+def test_unrelated_services_open_separate_incidents() -> None:
+    c = make()
+    for i, svc in enumerate(["payments", "smtp"]):
+        c.on_signal(sig(f"{svc}1", svc, T0 + i))
+        c.on_signal(sig(f"{svc}2", svc, T0 + i, name="http_request_duration_seconds:p99"))
+    out = run(c, T0, T0 + 60)
+    assert sorted(o.services for o in opens(out)) == [("payments",), ("smtp",)]
+
+
+def test_a_storm_of_series_in_one_service_is_one_incident() -> None:
+    c = make()
+    for i in range(200):
+        c.on_signal(sig(f"s{i}", "checkout", T0 + (i % 60), name=f"m{i}:rate", score=0.5 + (i % 7) / 20))
+    out = run(c, T0, T0 + 75)
+    out += run(c, T0 + 90, T0 + 300)
+    assert len(opens(out)) == 1
+    assert len({o.id for o in out}) == 1
+
+
+def test_one_weak_short_signal_opens_nothing() -> None:
+    c = make(persist_s=120.0)
+    c.on_signal(sig("a", "checkout", T0, score=0.6))
+    c.on_signal(sig("a", "checkout", T0, score=0.6, end=T0 + 45))
+    assert run(c, T0, T0 + 1200) == []
+
+
+def test_one_lasting_signal_opens_after_persist() -> None:
+    c = make(persist_s=120.0)
+    c.on_signal(sig("a", "checkout", T0, score=0.6))
+    out = run(c, T0, T0 + 300)
+    assert len(opens(out)) == 1 and opens(out)[0].ts >= T0 + 120
+
+
+def test_resolves_after_calm_and_flap_reopens_same_id() -> None:
+    c = make(resolve_after_s=300.0, flap_window_s=1800.0)
+    c.on_signal(sig("a", "checkout", T0))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
+    out = run(c, T0, T0 + 60)
+    c.on_signal(sig("a", "checkout", T0, end=T0 + 90))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99", end=T0 + 90))
+    out += run(c, T0 + 75, T0 + 600)
+    resolved = [r for r in out if r.status is IncidentStatus.RESOLVED]
+    assert len(resolved) == 1 and resolved[0].ts >= T0 + 90 + 300
+    # the same problem fires again 10 minutes later: same incident, no second 'open'
+    c.on_signal(sig("c", "checkout", T0 + 1000))
+    c.on_signal(sig("d", "checkout", T0 + 1000, name="http_request_duration_seconds:p99"))
+    again = run(c, T0 + 1005, T0 + 1100)
+    assert opens(again) == []
+    assert [r.status for r in again][:1] == [IncidentStatus.UPDATE]
+    assert again[0].id == out[0].id
+    assert again[0].explain is not None and "reopened" in again[0].explain.opened[-1]
+
+
+def test_refire_after_the_flap_window_is_a_new_incident() -> None:
+    c = make(resolve_after_s=300.0, flap_window_s=600.0)
+    c.on_signal(sig("a", "checkout", T0, end=T0 + 60))
+    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    run(c, T0, T0 + 30)
+    c.on_signal(sig("b", "checkout", T0, name="x:p99", end=T0 + 60))
+    first = run(c, T0 + 45, T0 + 600)
+    c.on_signal(sig("c", "checkout", T0 + 2000))
+    c.on_signal(sig("d", "checkout", T0 + 2000, name="x:p99"))
+    later = run(c, T0 + 2010, T0 + 2100)
+    assert len(opens(later)) == 1 and opens(later)[0].id != first[0].id
+
+
+def test_update_only_when_conclusion_changes() -> None:
+    c = make()
+    c.on_signal(sig("a", "checkout", T0))
+    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    out = run(c, T0, T0 + 300)
+    assert [r.status for r in out] == [IncidentStatus.OPEN]
+    c.on_signal(sig("c", "checkout", T0 + 310, name="y:rate"))  # same service, same ranking
+    assert run(c, T0 + 315, T0 + 400) == []
+    c.on_signal(sig("d", "frontend", T0 + 410))
+    upd = run(c, T0 + 415, T0 + 430)
+    assert [r.status for r in upd] == [IncidentStatus.UPDATE] and "frontend" in upd[0].services
+
+
+def test_callee_first_beats_caller() -> None:
+    c = make()
+    c.on_signal(sig("f", "frontend", T0 + 30, score=0.99))
+    c.on_signal(sig("f2", "frontend", T0 + 30, name="x:p99", score=0.99))
+    c.on_signal(sig("p", "postgres", T0, score=0.6))
+    c.on_signal(sig("k", "checkout", T0 + 15, score=0.7))
+    out = run(c, T0, T0 + 60)
+    ranking = [rc.service for rc in out[-1].root_causes]
+    assert ranking[0] == "postgres"
+    assert ranking.index("checkout") < ranking.index("frontend")
+    ev = " | ".join(out[-1].root_causes[0].evidence)
+    assert "first anomalous service" in ev and "callers" in ev
+
+
+def test_deploy_before_onset_boosts_the_changed_service() -> None:
+    # two services anomalous at the same step, neither calls the other: the deployed one wins
+    c = make({"frontend": ["checkout", "catalog"]})
+    c.on_change(ChangeEvent(ts=T0 - 75, type="deploy", service="catalog",
+                            attrs=(("previous_version", "v1.0"), ("version", "v1.1"))))
+    for svc in ("checkout", "catalog"):
+        c.on_signal(sig(f"{svc}a", svc, T0, score=0.9 if svc == "checkout" else 0.7))
+        c.on_signal(sig(f"{svc}b", svc, T0, name="x:p99"))
+    c.on_signal(sig("f", "frontend", T0 + 30))
+    out = run(c, T0, T0 + 60)
+    top = out[-1].root_causes[0]
+    assert top.service == "catalog"
+    assert any("deploy v1.1 (from v1.0)" in e and "75 s before first anomaly" in e for e in top.evidence)
+
+
+def test_unobserved_common_callee_is_a_candidate() -> None:
+    c = make()
+    c.on_signal(sig("k", "checkout", T0))
+    c.on_signal(sig("c", "catalog", T0))
+    c.on_signal(sig("f", "frontend", T0 + 30))
+    out = run(c, T0, T0 + 60)
+    assert "postgres" in [rc.service for rc in out[-1].root_causes][:3]
+
+
+def test_severity_critical_when_entry_errors() -> None:
+    c = make()
+    c.on_signal(sig("a", "checkout", T0, name="x:p99"))
+    c.on_signal(sig("b", "checkout", T0, name="y:p99"))
+    first = run(c, T0, T0 + 30)
+    assert first[0].severity == "warning"
+    c.on_signal(sig("f", "frontend", T0 + 40))
+    upd = run(c, T0 + 45, T0 + 60)
+    assert upd[-1].severity == "critical"
+
+
+def test_left_out_signals_are_explained() -> None:
+    c = make()
+    c.on_signal(sig("a", "checkout", T0))
+    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    c.on_signal(sig("m", "smtp", T0 + 20, score=0.5))  # unrelated, alone
+    out = run(c, T0, T0 + 60)
+    c.on_signal(sig("k", "frontend", T0 + 70))
+    out += run(c, T0 + 75, T0 + 90)
+    ex = out[-1].explain
+    assert ex is not None and ex.opened and ex.ranking
+    assert any(note.startswith("smtp:") for note in ex.left_out)
+
+
+def test_labels_teach_topology() -> None:
+    c = make({})
+    s = Signal(id="x", ts=T0, kind=SignalKind.METRIC, service="api", name="m", score=0.5,
+               labels=(("destination_workload", "db"), ("source_workload", "api")))
+    c.on_signal(s)
+    assert c.topology.callees("api") == ["db"]
+
+
+def test_snapshot_roundtrip_gives_the_same_output() -> None:
+    def feed(c: Correlator, phase: int) -> list[Incident]:
+        if phase == 0:
+            c.on_signal(sig("a", "payments", T0))
+            c.on_signal(sig("b", "checkout", T0 + 15))
+            return run(c, T0, T0 + 60)
+        c.on_signal(sig("c", "frontend", T0 + 70))
+        c.on_signal(sig("a", "payments", T0, end=T0 + 100))
+        c.on_signal(sig("b", "checkout", T0 + 15, end=T0 + 100))
+        c.on_signal(sig("c", "frontend", T0 + 70, end=T0 + 100))
+        return run(c, T0 + 75, T0 + 1000)
+
+    a = make()
+    feed(a, 0)
+    snap = json.loads(json.dumps(a.snapshot()))
+    b = Correlator.from_snapshot(snap, CorrelateSettings(), logger=QUIET)
+    assert feed(a, 1) == feed(b, 1)
+
+
+def test_bad_snapshot_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="version"):
+        Correlator.from_snapshot({"version": 99}, CorrelateSettings())
