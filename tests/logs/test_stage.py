@@ -1,0 +1,179 @@
+"""Log signals: new templates, bursts, error bursts, recoveries, and what must never signal."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from aiops.config import LogSettings
+from aiops.logs.stage import LogStage
+from aiops.records import LogRecord, Signal
+
+STEP = 15.0
+
+
+def _run(stage: LogStage, lines_by_step, steps: int, start: float = 0.0) -> list[Signal]:
+    """Feed ``lines_by_step(k) -> [(service, level, message)]`` for k steps, ticking after each."""
+    out: list[Signal] = []
+    for k in range(steps):
+        t0 = start + k * STEP
+        lines = lines_by_step(k)
+        for i, (service, level, message) in enumerate(lines):
+            ts = t0 + STEP * i / max(len(lines), 1)
+            out.extend(stage.process(LogRecord(ts=ts, service=service, message=message, level=level)))
+        out.extend(stage.tick(t0 + STEP))
+    return out
+
+
+def _routine(k: int, rng: random.Random) -> list[tuple[str, str | None, str]]:
+    lines = []
+    for _ in range(rng.randint(20, 40)):
+        lines.append(("api", "INFO", f"GET /orders/{rng.randint(1, 10**6)} 200 in {rng.randint(1, 900)}ms"))
+    for _ in range(rng.randint(0, 3)):
+        lines.append(("api", "WARN", f"slow cache lookup for key user:{rng.randint(1, 999)} took {rng.randint(50, 400)}ms"))
+    if k % 40 == 0:
+        lines.append(("api", "INFO", f"config reloaded from /etc/api/{rng.choice('abc')}.yaml"))
+    return lines
+
+
+def test_routine_info_and_steady_warn_never_signal():
+    rng = random.Random(1)
+    stage = LogStage(LogSettings(warmup_s=600))
+    out = _run(stage, lambda k: _routine(k, rng), steps=2000)  # more than 8 hours
+    assert out == []
+
+
+def test_new_error_template_after_warmup_signals_once_with_evidence_then_recovers():
+    rng = random.Random(2)
+    stage = LogStage(LogSettings(warmup_s=600))
+    assert _run(stage, lambda k: _routine(k, rng), steps=80) == []
+
+    def faulty(k: int):
+        lines = _routine(k, rng)
+        if k < 10:
+            lines += [("api", "ERROR", f"connection refused to postgres:5432 (attempt {i})") for i in range(5)]
+        return lines
+
+    out = _run(stage, faulty, steps=20, start=80 * STEP)
+    onsets = [s for s in out if s.end_ts is None]
+    ends = [s for s in out if s.end_ts is not None]
+    assert len(onsets) == 1, out
+    sig = onsets[0]
+    assert sig.service == "api" and sig.direction == "up" and sig.score > 0
+    assert 80 * STEP < sig.ts < 81 * STEP  # onset = the first line of the template, in event time
+    assert "connection refused to postgres:<*>" in sig.evidence[0]
+    assert any("connection refused to postgres:5432" in e for e in sig.evidence)
+    assert any("5432" in e and "parameters" in e for e in sig.evidence)
+    # recovery: same id, end_ts set, after the template went quiet
+    assert [e.id for e in ends if e.name == sig.name] == [sig.id]
+    assert all(e.end_ts >= 90 * STEP for e in ends)
+
+
+def test_one_stray_error_line_does_not_page():
+    rng = random.Random(3)
+    stage = LogStage(LogSettings(warmup_s=300))
+    _run(stage, lambda k: _routine(k, rng), steps=40)
+    out = _run(stage, lambda k: _routine(k, rng) + ([("api", "ERROR", "disk quota exceeded on /var")]
+                                                   if k in (0, 10) else []), steps=20, start=40 * STEP)
+    assert out == []
+
+
+def test_new_template_during_warmup_is_not_new():
+    stage = LogStage(LogSettings(warmup_s=3600))
+    out = _run(stage, lambda k: [("db", "ERROR", f"deadlock detected on table t{k}")] * 5, steps=20)
+    assert [s for s in out if "new" in s.evidence[0]] == []
+
+
+def test_level_none_uses_error_words():
+    rng = random.Random(4)
+    stage = LogStage(LogSettings(warmup_s=300))
+
+    def base(k: int):
+        return [("worker", None, f"processed job {rng.randint(1, 10**5)} in {rng.randint(1, 99)} ms")
+                for _ in range(10)]
+
+    assert _run(stage, base, steps=40) == []
+    # a new levelless template without error words: silent
+    assert _run(stage, lambda k: base(k) + [("worker", None, f"queue resized to {k}")] * 4,
+                steps=5, start=40 * STEP) == []
+    out = _run(stage, lambda k: base(k) + [("worker", None, f"Traceback: KeyError {k} in handler")] * 4,
+               steps=5, start=45 * STEP)
+    assert len([s for s in out if s.end_ts is None]) == 1
+
+
+def test_warn_burst_signals_then_recovers():
+    rng = random.Random(5)
+    stage = LogStage(LogSettings(warmup_s=300))
+    assert _run(stage, lambda k: _routine(k, rng), steps=100) == []
+
+    def burst(k: int):
+        lines = _routine(k, rng)
+        if 2 <= k < 12:
+            lines += [("api", "WARN", f"slow cache lookup for key user:{i} took 900ms") for i in range(40)]
+        return lines
+
+    out = _run(stage, burst, steps=30, start=100 * STEP)
+    onsets = [s for s in out if s.end_ts is None]
+    ends = [s for s in out if s.end_ts is not None]
+    names = {s.name for s in onsets}
+    assert "log_errors" not in names  # WARN lines are not errors
+    assert len(onsets) == 1 and onsets[0].ts >= 102 * STEP and onsets[0].ts < 103 * STEP
+    assert "slow cache lookup" in onsets[0].evidence[0]
+    assert [e.id for e in ends] == [onsets[0].id]
+
+
+def test_error_burst_of_known_template_and_service_error_rate():
+    rng = random.Random(6)
+    stage = LogStage(LogSettings(warmup_s=300))
+
+    def base(k: int):
+        lines = _routine(k, rng)
+        if k % 20 == 0:
+            lines.append(("api", "ERROR", f"request {rng.randint(1, 999)} failed: upstream timeout"))
+        return lines
+
+    assert _run(stage, base, steps=100) == []
+    out = _run(stage, lambda k: base(k) + ([("api", "ERROR", f"request {i} failed: upstream timeout")
+                                            for i in range(30)] if k < 6 else []), steps=20, start=100 * STEP)
+    onsets = {s.name: s for s in out if s.end_ts is None}
+    assert "log_errors" in onsets and len(onsets) == 2
+    assert any("upstream timeout" in e for e in onsets["log_errors"].evidence)
+    assert {s.id for s in out if s.end_ts is not None} == {s.id for s in onsets.values()}
+
+
+def test_info_template_bursting_by_a_large_factor_signals_but_modest_change_does_not():
+    stage = LogStage(LogSettings(warmup_s=300))
+    rng = random.Random(7)
+    info = lambda n: [("api", "INFO", f"cache miss for {rng.randint(1, 10**6)}") for _ in range(n)]  # noqa: E731
+    assert _run(stage, lambda k: info(rng.randint(8, 12)), steps=100) == []
+    assert _run(stage, lambda k: info(25), steps=10, start=100 * STEP) == []  # 2.5x: not enough
+    out = _run(stage, lambda k: info(400), steps=3, start=110 * STEP)
+    assert len(out) == 1 and out[0].end_ts is None
+
+
+def test_snapshot_restore_gives_the_same_signals():
+    rng1, rng2 = random.Random(8), random.Random(8)
+
+    def feed(k: int, rng: random.Random):
+        lines = _routine(k, rng)
+        if k >= 60:
+            lines += [("api", "ERROR", f"OOMKilled container {rng.randint(1, 9)}")] * 3
+        return lines
+
+    a = LogStage(LogSettings(warmup_s=300))
+    full = _run(a, lambda k: feed(k, rng1), steps=80)
+    b = LogStage(LogSettings(warmup_s=300))
+    first = _run(b, lambda k: feed(k, rng2), steps=50)
+    data = json.loads(json.dumps(b.snapshot()))
+    c = LogStage.from_snapshot(data, LogSettings(warmup_s=300))
+    rest = _run(c, lambda k: feed(50 + k, rng2), steps=30, start=50 * STEP)
+    assert first + rest == full and len(full) >= 1
+
+
+def test_a_megabyte_line_is_truncated_not_fatal():
+    stage = LogStage(LogSettings(warmup_s=0))
+    big = "x" * (1 << 20)
+    stage.process(LogRecord(ts=1.0, service="api", message=big, level="ERROR"))
+    stage.process(LogRecord(ts=2.0, service="api", message=("a1 " * 400_000), level=None))
+    assert stage.truncated == 2
+    assert len(json.dumps(stage.snapshot())) < 4 * 64 * 1024 + 10_000
