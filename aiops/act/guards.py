@@ -107,7 +107,8 @@ def max_targets_per_incident(ctx: GuardContext) -> str | None:
     others = {target_key(t.target) for t in ctx.book.for_incident(ctx.incident.id) if t.state in counted}
     others.discard(ctx.target)
     if len(others) >= limit:
-        return f"max_targets_per_incident: incident {ctx.incident.id} already acts on {len(others)} targets (max {limit})"
+        return (f"max_targets_per_incident: incident {ctx.incident.id} already acts on {len(others)} targets "
+                f"(max {limit})")
     return None
 
 
@@ -148,7 +149,8 @@ def rate_limits(ctx: GuardContext) -> str | None:
     recent = [(ts, tk) for ts, tk, _ in ctx.book.executions if ts > since]
     per_target = sum(1 for _, tk in recent if tk == ctx.target)
     if per_target >= ctx.rule.max_per_target_per_hour:
-        return f"rate_limit: {per_target} actions on {ctx.target} in the last hour (max {ctx.rule.max_per_target_per_hour})"
+        return (f"rate_limit: {per_target} actions on {ctx.target} in the last hour "
+                f"(max {ctx.rule.max_per_target_per_hour})")
     if len(recent) >= ctx.rules.limits.global_per_hour:
         return f"rate_limit: {len(recent)} actions in the last hour (global max {ctx.rules.limits.global_per_hour})"
     return None

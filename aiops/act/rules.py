@@ -8,10 +8,10 @@ means all actions are dry runs.
 >>> rules = parse_action_rules("actions:\\n  scale_up: {dry_run: false, max_replicas: 5}\\n", "x.yaml")
 >>> rules.rule("scale_up").max_replicas, rules.rule("scale_up").dry_run, rules.rule("rollback").dry_run
 (5, False, True)
->>> parse_action_rules("actions:\\n  scale_up:\\n    step: zero\\n", "x.yaml")
+>>> parse_action_rules("actions:\\n  scale_up:\\n    step: 0\\n", "x.yaml")
 Traceback (most recent call last):
 ...
-aiops.act.rules.ActionRulesError: x.yaml:3: actions.scale_up.step: Input should be a valid integer, unable to parse string as an integer
+aiops.act.rules.ActionRulesError: x.yaml:3: actions.scale_up.step: Input should be greater than or equal to 1
 """
 
 from __future__ import annotations
@@ -280,9 +280,8 @@ def load_action_rules(rules_dir: Path) -> ActionRules:
         raise ActionRulesError(f"{path}: {exc}") from None
     rules = parse_action_rules(text, str(path))
     if rules.retrain.job_template is not None and not rules.retrain.job_template.is_absolute():
-        rules = rules.model_copy(
-            update={"retrain": rules.retrain.model_copy(update={"job_template": rules_dir / rules.retrain.job_template})}
-        )
+        job = rules_dir / rules.retrain.job_template
+        rules = rules.model_copy(update={"retrain": rules.retrain.model_copy(update={"job_template": job})})
     return rules
 
 
