@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as PromCounter
 
 from aiops.state.envelope import Checkpoint
 
