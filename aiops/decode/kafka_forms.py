@@ -1,0 +1,321 @@
+"""Decoders for the message forms found on real Kafka telemetry topics.
+
+One Kafka message becomes zero or more typed records. Supported forms:
+
+* **metrics** — the project's JSON-line form (SCENARIO_FORMAT.md; several lines per message
+  allowed, which is how high-volume producers batch) and the JSON that
+  `prometheus-kafka-adapter <https://github.com/Telefonica/prometheus-kafka-adapter>`_ emits:
+  ``{"timestamp": "2024-01-01T00:00:00Z", "value": "1.5", "name": "up", "labels": {"__name__": "up", ...}}``
+  (value as a string, timestamp RFC 3339). ``auto`` tells them apart per line by the ``ts`` key.
+* **logs** — JSON with a configurable field mapping (:class:`LogFields`): each field is a list
+  of dotted paths tried in order, so the shapes Fluent Bit (``log``, ``date``,
+  ``kubernetes.labels.app``) and Vector (``message``, ``timestamp``, ``kubernetes.pod_labels.app``)
+  emit for Kubernetes logs decode with the defaults; or raw text lines, the service taken
+  from a header or the message key and the time from the Kafka message timestamp.
+* **events** — change events in the events.jsonl form.
+
+Every decoder returns ``(records, errors)``: a message with one bad line out of many keeps the
+good ones, and each error is a :class:`~aiops.decode.jsonline.DecodeError` with a countable reason.
+
+>>> d = KafkaDecoder()
+>>> recs, errs = d.metrics(b'{"timestamp":"1970-01-01T00:00:10Z","value":"2","name":"up","labels":{"__name__":"up","job":"a"}}')
+>>> recs[0].ts, recs[0].name, recs[0].labels, recs[0].value
+(10.0, 'up', (('job', 'a'),), 2.0)
+>>> recs, errs = d.logs(b'{"date": 12.5, "log": "boom", "kubernetes": {"labels": {"app": "api"}}}')
+>>> recs[0].service, recs[0].message, recs[0].ts
+('api', 'boom', 12.5)
+>>> d.metrics(b'\\xff')[1][0].reason
+'bad_utf8'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiops.decode.jsonline import DecodeError, decode_event, decode_metric
+from aiops.records import ChangeEvent, LogRecord, MetricSample, make_labels
+
+MetricsFormat = Literal["auto", "jsonline", "prometheus_kafka_adapter"]
+LogsFormat = Literal["json", "raw"]
+
+_NAN = float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class LogFields:
+    """Where each log field lives in a JSON log message: dotted paths, first match wins.
+
+    A path segment may itself contain dots (``kubernetes.labels.app.kubernetes.io/name``
+    finds the label ``app.kubernetes.io/name``): the longest key that exists wins.
+    """
+
+    ts: tuple[str, ...] = ("ts", "timestamp", "@timestamp", "time", "date")
+    service: tuple[str, ...] = (
+        "service", "service.name", "kubernetes.labels.app.kubernetes.io/name", "kubernetes.labels.app",
+        "kubernetes.pod_labels.app.kubernetes.io/name", "kubernetes.pod_labels.app",
+        "kubernetes.container_name", "kubernetes.container.name",
+    )
+    level: tuple[str, ...] = ("level", "severity", "log.level", "lvl", "levelname")
+    message: tuple[str, ...] = ("message", "log", "msg")
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """Value at a dotted ``path`` in nested mappings, or ``None``.
+
+    >>> lookup({"a": {"b.c": {"d": 1}}}, "a.b.c.d")
+    1
+    >>> lookup({"a": 1}, "a.b") is None
+    True
+    """
+    if not isinstance(obj, dict):
+        return None
+    if path in obj:
+        return obj[path]
+    parts = path.split(".")
+    # Longest existing prefix first, so keys with dots in them (Kubernetes labels) resolve.
+    for cut in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:cut])
+        if head in obj:
+            found = lookup(obj[head], ".".join(parts[cut:]))
+            if found is not None:
+                return found
+    return None
+
+
+def parse_time(raw: Any) -> float:
+    """Unix seconds from a number (s, ms, µs or ns since the epoch) or an ISO 8601 string.
+
+    >>> parse_time(1700000000123), parse_time("2024-01-01T00:00:00Z"), parse_time("1.5")
+    (1700000000.123, 1704067200.0, 1.5)
+    """
+    if isinstance(raw, bool):
+        raise DecodeError("bad_ts", repr(raw)[:60])
+    if isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                dt = datetime.fromisoformat(raw.strip())
+            except ValueError:
+                raise DecodeError("bad_ts", raw[:60]) from None
+            if dt.tzinfo is None:  # log shippers without a zone mean UTC
+                dt = dt.replace(tzinfo=UTC)
+            return dt.timestamp()
+    elif isinstance(raw, (int, float)):
+        value = float(raw)
+    else:
+        raise DecodeError("bad_ts", repr(raw)[:60])
+    if not math.isfinite(value) or value < 0:
+        raise DecodeError("bad_ts", repr(raw)[:60])
+    # Epoch seconds stay below 1e11 until the year 5138; larger numbers are finer units.
+    if value >= 1e17:
+        value /= 1e9
+    elif value >= 1e14:
+        value /= 1e6
+    elif value >= 1e11:
+        value /= 1e3
+    return value
+
+
+def _lines(value: bytes) -> list[str]:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("bad_utf8", str(exc)[:120]) from None
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def _json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise DecodeError("bad_json", str(exc)[:120]) from None
+
+
+def decode_adapter_metric(obj: Any) -> MetricSample:
+    """One sample in prometheus-kafka-adapter's JSON form."""
+    if not isinstance(obj, dict):
+        raise DecodeError("not_an_object", type(obj).__name__)
+    labels = obj.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise DecodeError("bad_labels", type(labels).__name__)
+    name = obj.get("name") or labels.get("__name__")
+    if not isinstance(name, str) or not name:
+        raise DecodeError("bad_name", repr(name)[:60])
+    clean: dict[str, str] = {}
+    for k, v in labels.items():
+        if k == "__name__":
+            continue
+        if not isinstance(v, str):
+            raise DecodeError("bad_labels", f"{k}={v!r}"[:60])
+        clean[k] = v
+    if "timestamp" not in obj:
+        raise DecodeError("bad_ts", "missing")
+    ts = parse_time(obj["timestamp"])
+    raw = obj.get("value")
+    if raw is None:
+        value = _NAN
+    elif isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise DecodeError("bad_value", repr(raw)[:60])
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DecodeError("bad_value", repr(raw)[:60]) from None
+    if math.isinf(value):
+        raise DecodeError("infinite_value", name)
+    return MetricSample(ts=ts, name=name, labels=make_labels(clean), value=value)
+
+
+def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
+    for k, v in headers:
+        if k == name and v:
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+@dataclass
+class KafkaDecoder:
+    """Turns Kafka message values into records according to the configured forms.
+
+    ``kafka_ts`` (unix seconds of the Kafka message timestamp) stands in for a missing
+    timestamp in logs and events, never in metrics (a metric without its time is useless).
+    """
+
+    metrics_format: MetricsFormat = "auto"
+    logs_format: LogsFormat = "json"
+    log_fields: LogFields = field(default_factory=LogFields)
+    service_header: str = "service"
+    max_line_bytes: int = 64 * 1024
+
+    def metrics(self, value: bytes) -> tuple[list[MetricSample], list[DecodeError]]:
+        out: list[MetricSample] = []
+        errors: list[DecodeError] = []
+        try:
+            lines = _lines(value)
+        except DecodeError as exc:
+            return out, [exc]
+        fmt = self.metrics_format
+        for line in lines:
+            try:
+                obj = _json(line)
+                if fmt == "jsonline" or (fmt == "auto" and isinstance(obj, dict) and "ts" in obj):
+                    out.append(decode_metric(obj))
+                else:
+                    out.append(decode_adapter_metric(obj))
+            except DecodeError as exc:
+                errors.append(exc)
+        return out, errors
+
+    def logs(
+        self, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
+        kafka_ts: float | None = None,
+    ) -> tuple[list[LogRecord], list[DecodeError]]:
+        if self.logs_format == "raw":
+            try:
+                return [self._raw_log(value, key, headers, kafka_ts)], []
+            except DecodeError as exc:
+                return [], [exc]
+        out: list[LogRecord] = []
+        errors: list[DecodeError] = []
+        try:
+            lines = _lines(value)
+        except DecodeError as exc:
+            return out, [exc]
+        for line in lines:
+            try:
+                out.append(self._json_log(_json(line), key, headers, kafka_ts))
+            except DecodeError as exc:
+                errors.append(exc)
+        return out, errors
+
+    def events(self, value: bytes, kafka_ts: float | None = None) -> tuple[list[ChangeEvent], list[DecodeError]]:
+        out: list[ChangeEvent] = []
+        errors: list[DecodeError] = []
+        try:
+            lines = _lines(value)
+        except DecodeError as exc:
+            return out, [exc]
+        for line in lines:
+            try:
+                obj = _json(line)
+                if isinstance(obj, dict) and "ts" not in obj:
+                    ts = next((obj[k] for k in ("timestamp", "time", "@timestamp") if k in obj), None)
+                    obj = {**obj, "ts": parse_time(ts) if ts is not None else kafka_ts}
+                out.append(decode_event(obj))
+            except DecodeError as exc:
+                errors.append(exc)
+        return out, errors
+
+    def _service(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> str | None:
+        service = _header(headers, self.service_header)
+        if service is None and key:
+            try:
+                service = key.decode("utf-8")
+            except UnicodeDecodeError:
+                service = None
+        return service or None
+
+    def _raw_log(
+        self, value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]], kafka_ts: float | None,
+    ) -> LogRecord:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("bad_utf8", str(exc)[:120]) from None
+        service = self._service(key, headers)
+        if service is None:
+            raise DecodeError("bad_service", "no service header or key")
+        if kafka_ts is None:
+            raise DecodeError("bad_ts", "no message timestamp")
+        return LogRecord(ts=kafka_ts, service=service, message=text.rstrip("\r\n")[: self.max_line_bytes])
+
+    def _json_log(
+        self, obj: Any, key: bytes | None, headers: Sequence[tuple[str, bytes]], kafka_ts: float | None,
+    ) -> LogRecord:
+        if not isinstance(obj, dict):
+            raise DecodeError("not_an_object", type(obj).__name__)
+        f = self.log_fields
+        raw_ts = _first(obj, f.ts)
+        if raw_ts is not None:
+            ts = parse_time(raw_ts)
+        elif kafka_ts is not None:
+            ts = kafka_ts
+        else:
+            raise DecodeError("bad_ts", "missing")
+        service = _first(obj, f.service)
+        if service is None:
+            service = self._service(key, headers)
+        if not isinstance(service, str) or not service:
+            raise DecodeError("bad_service", repr(service)[:60])
+        message = _first(obj, f.message)
+        if not isinstance(message, str):
+            raise DecodeError("bad_message", type(message).__name__)
+        level = _first(obj, f.level)
+        if level is not None and not isinstance(level, str):
+            level = str(level)
+        return LogRecord(
+            ts=ts, service=service, message=message.rstrip("\r\n")[: self.max_line_bytes],
+            level=level.upper() if level else None,
+        )
+
+
+def _first(obj: dict[str, Any], paths: Sequence[str]) -> Any:
+    for path in paths:
+        found = lookup(obj, path)
+        if found is not None:
+            return found
+    return None
+
+
+__all__ = [
+    "KafkaDecoder", "LogFields", "LogsFormat", "MetricsFormat", "decode_adapter_metric", "lookup", "parse_time",
+]

@@ -1,0 +1,290 @@
+"""Kafka source: a consumer group over the metrics, logs and events topics.
+
+Messages are fetched in batches (``getmany``), decoded (:mod:`aiops.decode.kafka_forms`) and
+handed out as :class:`KafkaBatch` objects that carry the offsets they cover. The consumer never
+commits on its own (``enable_auto_commit=False``): the caller processes a batch and then calls
+:meth:`KafkaSource.mark_processed`; processed offsets are committed at most every
+``commit_interval_s`` and at :meth:`KafkaSource.stop`. A crash therefore repeats work and loses
+none (at-least-once).
+
+Bad messages — not UTF-8, not JSON, wrong types, larger than ``max_message_bytes``, empty —
+are counted in :class:`~aiops.observe.rejects.Rejects` (``aiops_records_rejected_total{stage="kafka"}``),
+forwarded unchanged to the dead-letter topic when one is configured (reason, source topic,
+partition and offset in headers) and never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from aiops.config import KafkaSettings
+from aiops.decode.jsonline import DecodeError
+from aiops.decode.kafka_forms import KafkaDecoder, LogFields
+from aiops.observe.metrics import SelfMetrics
+from aiops.observe.rejects import Rejects
+from aiops.records import Record
+
+log = structlog.get_logger(__name__)
+
+REASON_HEADER = "aiops-reject-reason"
+"""Dead-lettered messages carry the rejection reason in this header (plus detail and origin)."""
+
+
+@dataclass(slots=True)
+class KafkaBatch:
+    """Decoded records of one ``getmany`` call and the offsets to commit once they are processed."""
+
+    records: list[Record]
+    offsets: dict[TopicPartition, int]  # next offset to read, per partition
+    messages: int
+    received: float = field(default=0.0)  # time.monotonic() at fetch, for the latency histogram
+
+
+def kafka_client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection arguments shared by every aiokafka client: bootstrap, TLS and SASL."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        if settings.ssl_certfile:
+            context.load_cert_chain(
+                str(settings.ssl_certfile), str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+        kwargs["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password
+    return kwargs
+
+
+def decoder_from(settings: KafkaSettings, max_line_bytes: int = 64 * 1024) -> KafkaDecoder:
+    f = settings.log_fields
+    return KafkaDecoder(
+        metrics_format=settings.metrics_format,
+        logs_format=settings.logs_format,
+        log_fields=LogFields(ts=tuple(f.ts), service=tuple(f.service), level=tuple(f.level),
+                             message=tuple(f.message)),
+        service_header=settings.service_header,
+        max_line_bytes=max_line_bytes,
+    )
+
+
+class KafkaSource:
+    """Consume telemetry topics in batches; commit only what the caller has processed.
+
+    Topics left empty in the settings are not consumed. Use as::
+
+        source = KafkaSource(settings.kafka, rejects, metrics)
+        await source.start()
+        async for batch in source.batches():
+            process(batch.records)
+            source.mark_processed(batch)
+            await source.maybe_commit()
+        await source.stop()
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
+        *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024,
+    ) -> None:
+        self.settings = settings
+        self.rejects = rejects
+        self.metrics = metrics
+        self.decoder = decoder_from(settings, max_line_bytes)
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self._kinds = {t: k for t, k in ((settings.metrics_topic, "metric"), (settings.logs_topic, "log"),
+                                         (settings.events_topic, "event")) if t}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None  # dead letters
+        self._processed: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+        self._stopping = False
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._kinds)
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer is not None and not self._stopping
+
+    async def start(self) -> None:
+        s = self.settings
+        common = kafka_client_kwargs(s)
+        # A message up to max_message_bytes must fit one fetch, or the consumer stalls on it.
+        fetch = max(s.max_message_bytes * 2, 1024 * 1024)
+        self.consumer = AIOKafkaConsumer(
+            *self.topics, group_id=s.group_id, enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
+            max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4, **common,
+        )
+        if s.dead_letter_topic:
+            self.producer = AIOKafkaProducer(
+                max_request_size=fetch * 2, acks="all", linger_ms=5, **common)
+            await self.producer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            if self.producer is not None:
+                await self.producer.stop()
+            raise
+        log.info("kafka_source_started", topics=self.topics, group_id=s.group_id, bootstrap=s.bootstrap)
+
+    def request_stop(self) -> None:
+        """Stop fetching new batches; :meth:`batches` ends after the current one."""
+        self._stopping = True
+
+    async def batches(self) -> AsyncIterator[KafkaBatch]:
+        """Decoded batches until :meth:`request_stop`; dead letters are acknowledged before a batch is yielded."""
+        assert self.consumer is not None, "start() first"
+        consumer = self.consumer
+        while not self._stopping:
+            fetched = await consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.settings.max_batch)
+            if not fetched:
+                continue
+            batch = await self._decode(fetched)
+            self._observe_lag(fetched)
+            yield batch
+
+    async def _decode(self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> KafkaBatch:
+        records: list[Record] = []
+        offsets: dict[TopicPartition, int] = {}
+        dead: list[asyncio.Future[Any]] = []
+        received = time.monotonic()
+        limit = self.settings.max_message_bytes
+        decoder = self.decoder
+        messages = 0
+        counts: dict[str, int] = {}
+        for tp, msgs in fetched.items():
+            kind = self._kinds.get(tp.topic, "metric")
+            for msg in msgs:
+                messages += 1
+                value = msg.value
+                if value is None or not value:
+                    errors: list[DecodeError] = [DecodeError("empty", "no value")]
+                    got: Sequence[Record] = ()
+                elif len(value) > limit:
+                    errors = [DecodeError("too_large", f"{len(value)} bytes > {limit}")]
+                    got = ()
+                elif kind == "metric":
+                    got, errors = decoder.metrics(value)
+                elif kind == "log":
+                    kafka_ts = msg.timestamp / 1000.0 if msg.timestamp and msg.timestamp > 0 else None
+                    got, errors = decoder.logs(value, msg.key, msg.headers, kafka_ts)
+                else:
+                    kafka_ts = msg.timestamp / 1000.0 if msg.timestamp and msg.timestamp > 0 else None
+                    got, errors = decoder.events(value, kafka_ts)
+                if got:
+                    records.extend(got)
+                    counts[kind] = counts.get(kind, 0) + len(got)
+                if errors:
+                    where = f"{tp.topic}/{tp.partition}@{msg.offset}"
+                    for err in errors:
+                        self.rejects.reject("kafka", err.reason, where=where, detail=err.detail)
+                    fut = await self._dead_letter(msg, errors[0])
+                    if fut is not None:
+                        dead.append(fut)
+            if msgs:
+                offsets[tp] = msgs[-1].offset + 1
+        if dead:
+            # The batch is only "processed" once its bad messages are safely in the dead-letter topic.
+            results = await asyncio.gather(*dead, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    log.error("dead_letter_failed", error=repr(r))
+        if self.metrics is not None:
+            self.metrics.messages_in.labels("kafka").inc(messages)
+            for kind, n in counts.items():
+                self.metrics.records_in.labels("kafka", kind).inc(n)
+        # Topics interleave by partition; a stable sort by event time spares the reorder buffer.
+        records.sort(key=_ts)
+        return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received)
+
+    async def _dead_letter(self, msg: ConsumerRecord[Any, Any], err: DecodeError) -> asyncio.Future[Any] | None:
+        topic = self.settings.dead_letter_topic
+        if not topic or self.producer is None:
+            return None
+        headers = list(msg.headers or ()) + [
+            (REASON_HEADER, err.reason.encode()),
+            ("aiops-reject-detail", err.detail.encode("utf-8", "replace")[:500]),
+            ("aiops-source-topic", msg.topic.encode()),
+            ("aiops-source-partition", str(msg.partition).encode()),
+            ("aiops-source-offset", str(msg.offset).encode()),
+        ]
+        try:
+            fut = await self.producer.send(topic, value=msg.value, key=msg.key, headers=headers)
+        except KafkaError as exc:
+            log.error("dead_letter_failed", topic=topic, error=repr(exc))
+            return None
+        if self.metrics is not None:
+            self.metrics.dead_lettered.labels(topic).inc()
+        return fut
+
+    def _observe_lag(self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        if self.metrics is None or self.consumer is None:
+            return
+        for tp, msgs in fetched.items():
+            high = self.consumer.highwater(tp)
+            if high is not None and msgs:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - (msgs[-1].offset + 1)))
+
+    def mark_processed(self, batch: KafkaBatch) -> None:
+        """Record that every record of ``batch`` has been handed to the pipeline."""
+        for tp, off in batch.offsets.items():
+            if off > self._processed.get(tp, -1):
+                self._processed[tp] = off
+
+    async def maybe_commit(self, now: float | None = None) -> None:
+        """Commit processed offsets if ``commit_interval_s`` has passed since the last commit."""
+        now = time.monotonic() if now is None else now
+        if now - self._last_commit >= self.settings.commit_interval_s:
+            await self.commit()
+            self._last_commit = now
+
+    async def commit(self) -> None:
+        """Commit every processed offset not yet committed; a lost partition is logged, not fatal."""
+        if self.consumer is None:
+            return
+        pending = {tp: off for tp, off in self._processed.items() if self._committed.get(tp) != off}
+        if not pending:
+            return
+        assigned = self.consumer.assignment()
+        pending = {tp: off for tp, off in pending.items() if tp in assigned}
+        if not pending:
+            return
+        try:
+            await self.consumer.commit(pending)
+        except (CommitFailedError, KafkaError) as exc:
+            # After a rebalance the new owner re-reads from the last commit: repeated work, no loss.
+            log.warning("kafka_commit_failed", error=repr(exc), partitions=len(pending))
+            return
+        self._committed.update(pending)
+
+    async def stop(self) -> None:
+        """Commit what was processed, then close the consumer and the dead-letter producer."""
+        self._stopping = True
+        if self.consumer is not None:
+            await self.commit()
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        log.info("kafka_source_stopped", committed={f"{tp.topic}/{tp.partition}": o for tp, o in self._committed.items()})
+
+
+def _ts(record: Record) -> float:
+    return record.ts
+
+
+__all__ = ["REASON_HEADER", "KafkaBatch", "KafkaSource", "decoder_from", "kafka_client_kwargs"]
