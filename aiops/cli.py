@@ -22,6 +22,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_command(args.scenario, _settings(args), out=args.out, check=args.check, quiet=args.quiet)
 
 
+def cmd_check_rules(args: argparse.Namespace) -> int:
+    from aiops.decide.rules import RulesError, load_rules
+
+    rules_dir = args.rules if args.rules is not None else _settings(args).rules_dir
+    try:
+        rules = load_rules(rules_dir)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"OK: {rules_dir}: {len(rules.remediations)} remediation rules, {len(rules.alerts.routes)} alert routes, "
+          f"{len(rules.alerts.severity)} severity rules, {len(rules.topology)} topology entries, "
+          f"{len(rules.detector_overrides)} detector overrides")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from aiops.correlate.explain import ExplainError, explain_file
+
+    try:
+        print(explain_file(args.incident_id, replay_out=args.replay_out, state=args.state))
+    except (ExplainError, OSError, ValueError) as exc:
+        print(f"aiops explain: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiops", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file (env AIOPS_* overrides it)")
@@ -33,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="compare decisions with the scenario's expect")
     p.add_argument("--quiet", action="store_true", help="print only the check report")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("check-rules", help="validate rules/*.yaml; print OK or file:line errors")
+    p.add_argument("--rules", type=Path, default=None, help="rules directory (default: settings rules_dir)")
+    p.set_defaults(func=cmd_check_rules)
+
+    p = sub.add_parser("explain", help="why an incident opened and how its root causes were ranked")
+    p.add_argument("incident_id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--replay-out", type=Path, default=None, help="a replay output file (JSON lines)")
+    src.add_argument("--state", type=Path, default=None, help="a state file holding a correlator snapshot")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
