@@ -78,6 +78,7 @@ class _Inc:
     opened_why: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     ranking_lines: list[str] = field(default_factory=list)
+    services_seen: list[str] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
@@ -181,9 +182,11 @@ class Correlator:
         inc.signal_ids.append(sid)
         self._owner[sid] = inc.id
         inc.last_activity = max(inc.last_activity, sig.ts)
-        for other in self._services(inc):
-            if other != sig.service and sig.service is not None:
+        if sig.service is not None and sig.service not in inc.services_seen:
+            # one joint onset per incident and pair: a storm of series must not count as many
+            for other in sorted(inc.services_seen):
                 self.topology.observe_co_anomaly(sig.service, other)
+            inc.services_seen.append(sig.service)
 
     def _open_from_pending(self, ts: float) -> list[Incident]:
         s = self.settings
@@ -369,7 +372,8 @@ class Correlator:
                 {"id": i.id, "opened_ts": i.opened_ts, "signal_ids": i.signal_ids, "last_activity": i.last_activity,
                  "resolved_ts": i.resolved_ts, "reopened": i.reopened,
                  "published": [list(i.published[0]), list(i.published[1]), i.published[2]] if i.published else None,
-                 "opened_why": i.opened_why, "left_out": i.left_out, "ranking_lines": i.ranking_lines}
+                 "opened_why": i.opened_why, "left_out": i.left_out, "ranking_lines": i.ranking_lines,
+                 "services_seen": i.services_seen}
                 for i in self._incidents.values()
             ],
             "seq": self._seq,
@@ -399,7 +403,7 @@ class Correlator:
                 last_activity=d["last_activity"], resolved_ts=d["resolved_ts"], reopened=d["reopened"],
                 published=(tuple(pub[0]), tuple(pub[1]), pub[2]) if pub else None,
                 opened_why=list(d["opened_why"]), left_out=list(d["left_out"]),
-                ranking_lines=list(d["ranking_lines"]),
+                ranking_lines=list(d["ranking_lines"]), services_seen=list(d.get("services_seen", [])),
             )
         c._seq = int(data["seq"])
         c._last_tick = data.get("last_tick")

@@ -107,8 +107,15 @@ class Topology:
         self._callees[caller].add(callee)
         self._callers[callee].add(caller)
 
-    def merge(self, other: Topology) -> None:
-        """Take every edge of ``other``; where both know an edge the higher trust wins."""
+    def merge(self, other: Topology | Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Take every edge of ``other``; where both know an edge the higher trust wins.
+
+        ``other`` may also be a ``{caller: callees}`` mapping or ``(caller, callees)`` pairs
+        (``Rules.topology``), taken as declared edges.
+        """
+        if not isinstance(other, Topology):
+            self.add_mapping(other if isinstance(other, Mapping) else dict(_pairs(other)))
+            return
         for (a, b), trust in other._edges.items():
             self.add_edge(a, b, trust)
         for svc in other._callees:
@@ -225,3 +232,10 @@ class Topology:
             if n >= t.co_anomaly_min:
                 t._link(a, b)
         return t
+
+
+def _pairs(items: Iterable[tuple[str, Iterable[str]]]) -> Iterable[tuple[str, list[str]]]:
+    merged: dict[str, list[str]] = {}
+    for caller, callees in items:
+        merged.setdefault(caller, []).extend(callees)
+    return merged.items()
