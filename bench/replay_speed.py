@@ -26,7 +26,7 @@ from aiops.sources.scenario import load_scenario, read_records  # noqa: E402
 
 
 def _size(d: Path) -> int:
-    return sum(f.stat().st_size for f in d.glob("metrics.jsonl*")) + sum(f.stat().st_size for f in d.glob("logs.jsonl*"))
+    return sum(f.stat().st_size for pattern in ("metrics.jsonl*", "logs.jsonl*") for f in d.glob(pattern))
 
 
 def main() -> int:
@@ -60,7 +60,8 @@ def main() -> int:
     read = statistics.median(read_times)
     hours = (st.last_ts - st.first_ts) / 3600
     print(f"scenario: {scenario.name} ({target})")
-    print(f"records: {n:,} ({len(keys)} raw series, {st.metric_samples:,} samples, {st.log_lines:,} log lines, {st.change_events} events) "
+    print(f"records: {n:,} ({len(keys)} raw series, {st.metric_samples:,} samples, {st.log_lines:,} log lines, "
+          f"{st.change_events} events) "
           f"over {hours:.1f} h of event time; {st.points:,} derived points in {st.steps:,} steps")
     print(f"full replay: median {wall:.2f} s over {args.runs} runs ({', '.join(f'{t:.2f}' for t in replay_times)}); "
           f"{st.metric_samples / wall:,.0f} samples/s, {(st.metric_samples + st.log_lines) / wall:,.0f} records/s")

@@ -120,7 +120,8 @@ def check(records: Sequence[dict[str, Any]], expect: Expect) -> CheckResult:
             ranking = _ranking_by(records, inc_id, hi)
             problems.append(f"{inc_id}: root cause {exp.service} not in the top 3 {ranking[:3]}")
         if exp.actions is not None and sorted(set(m.actions)) != sorted(set(exp.actions)):
-            problems.append(f"{inc_id}: actions {sorted(set(m.actions)) or 'none'}, expected {sorted(exp.actions) or 'none'}")
+            got, wanted = sorted(set(m.actions)) or "none", sorted(exp.actions) or "none"
+            problems.append(f"{inc_id}: actions {got}, expected {wanted}")
 
     false_incidents = [i for i in opens if i not in used]
     for inc_id in false_incidents:
