@@ -10,7 +10,10 @@ What is masked (in this order, first match wins at a position):
 - IPv4 addresses (a following ``:port`` is masked on its own as a number);
 - a single-token quoted value (``'abc'``, ``"abc"``): identifiers, file names; a quoted phrase
   with spaces is kept, its own variable tokens are masked individually;
-- the value of ``key=value`` when it is a single token without spaces;
+- dates and times written out (``Sun Jul 10 03:55:21 2005``, ISO 8601): one ``<*>`` each;
+- quantities with a unit (``12.5 KB``, ``250 ms``, ``3 seconds``), so that the unit may vary;
+- the value of ``key=value`` when it is an identifier (host name, path, version); a plain-word
+  value such as ``user=root`` or ``state=Active`` is kept: it names what happened;
 - any run of letters/digits that contains a digit (numbers, ports, durations such as ``15ms``,
   ids such as ``blk_-8123``'s number, host names like ``node-17``'s suffix): the strongest known
   cue that a token varies (He et al., Drain, ICWS 2017; Zhu et al., ICSE-SEIP 2019).
@@ -22,7 +25,7 @@ whole: constant paths (``/etc/hosts``) usually name *what* happened and belong t
 >>> m.mask("connection refused to 10.1.2.3:5432 after 250ms")
 'connection refused to <*>:<*> after <*>'
 >>> m.mask("user=alice id=3f2a9c1e-7d1b-4a8e-9c6f-2b1d0e5a7c44 path='/tmp/x'")
-'user=<*> id=<*> path=<*>'
+'user=alice id=<*> path=<*>'
 >>> m.mask("Served block blk_-6952295868487656571 to /10.251.91.84")
 'Served block blk_<*> to /<*>'
 """
@@ -34,13 +37,22 @@ import re
 WILDCARD = "<*>"
 
 _ALNUM = "A-Za-z0-9"
-# A key=value value: stops at whitespace and at separators that commonly follow it.
-_KV_VALUE = r"(?<==)(?![\"'])[^\s,;&\]\)}\"']+"
+# A key=value value that is an identifier (dotted, slashed, dashed, with digits: host names, paths,
+# versions), up to whitespace or a separator. A plain-word value (user=root, state=Active) names
+# what happened and is kept; a value with a digit anywhere is masked by the number rule too.
+_KV_VALUE = r"(?<==)(?=[^\s,;&\]\)}\"']*[./:\-_@])[^\s,;&\]\)}\"']+"
 
 DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
     ("url", r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+"),
     ("uuid", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
     ("hex", r"\b0[xX][0-9a-fA-F]+\b"),
+    # Dates and times written out: the whole stamp is one variable.
+    ("datetime", r"\b(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? +)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+                 r"[a-z]* +\d{1,2},? +(?:\d{4} +)?\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?: +\d{4}\b)?"),
+    ("isotime", r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?\b"),
+    # A quantity with its unit: "12.5 KB" and "3 B" are the same parameter, as are "250 ms" and "2 s".
+    ("quantity", r"(?<![\w.])-?\d+(?:\.\d+)? ?(?:[KMGTPE]i?B|B|bytes?|[mun\u00b5]s|s|secs?|seconds?|mins?|minutes?"
+                 r"|h|hours?|days?)(?![\w])"),
     ("ipv4", r"(?<![0-9.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9])"),
     ("quoted", r"(?<![A-Za-z0-9])(?:'[^\s']+'|\"[^\s\"]+\")"),
     ("kv", _KV_VALUE),

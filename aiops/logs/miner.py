@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from aiops.logs.masking import DEFAULT_PATTERNS, WILDCARD, Masker, extract_parameters
@@ -44,16 +44,19 @@ _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 class Template:
     """One log template (a cluster of lines): its tokens, id, size and recency."""
 
-    __slots__ = ("id", "group", "tokens", "size", "alive", "merged_into", "_text")
+    __slots__ = ("id", "group", "tokens", "size", "seq", "alive", "merged_into", "_text", "_bkey", "_skeys")
 
-    def __init__(self, id: str, group: str, tokens: list[str], size: int = 0) -> None:
+    def __init__(self, id: str, group: str, tokens: list[str], size: int = 0, seq: int = 0) -> None:
         self.id = id
         self.group = group
         self.tokens = tokens
         self.size = size
+        self.seq = seq
         self.alive = True
         self.merged_into: Template | None = None
         self._text: str | None = None
+        self._bkey: tuple[str, int, str] | None = None
+        self._skeys: list[tuple[str, int, int, int, int]] = []
 
     @property
     def text(self) -> str:
@@ -101,6 +104,25 @@ def merge_tokens(a: str, b: str) -> str:
     return merged
 
 
+VAR, WORD, IDENT = 0, 1, 2
+_WORD = re.compile(r"[(\[{'\"]*(?:[A-Za-z]+=)?[A-Za-z]+[)\]}'\":;,.!?]*|[A-Za-z]+=|[^\w\s]+")
+
+
+def token_kind(token: str) -> int:
+    """``VAR`` if the token holds a masked part, ``WORD`` for a plain word (also ``key=word``, pure punctuation),
+    ``IDENT`` for anything else (dotted, underscored, camel-case or path-like identifiers).
+
+    Plain words name *what* happened and two different ones make two events; identifiers are
+    what an event happened *to* and may vary within one template.
+
+    >>> [token_kind(t) for t in ("Resumed", "(Lifecycle", "****", "user=root", "com.apple.x:", "root_domain", "blk_<*>")]
+    [1, 1, 1, 1, 2, 2, 0]
+    """
+    if WILDCARD in token:
+        return VAR
+    return WORD if _WORD.fullmatch(token) else IDENT
+
+
 def stable_id(namespace: str, group: str, masked: str) -> str:
     """The id of a template first seen as ``masked``: same inputs, same id, on every run.
 
@@ -128,17 +150,30 @@ class TemplateMiner:
         namespace: str = "",
         patterns: tuple[tuple[str, str], ...] = DEFAULT_PATTERNS,
         cache_size: int = 50_000,
+        sibling_merge: int = 4,
+        max_sibling_tokens: int = 200,
+        strict_words: bool = True,
+        sibling_context: int = 3,
     ) -> None:
         self.sim_threshold = sim_threshold
         self.max_templates = max_templates
         self.namespace = namespace
         self.patterns = tuple(patterns)
         self.cache_size = cache_size
+        self.sibling_merge = sibling_merge
+        self.max_sibling_tokens = max_sibling_tokens
+        self.strict_words = strict_words
+        self.sibling_context = sibling_context
         self._masker = Masker(self.patterns)
         self._cache: dict[str, dict[bytes, Template]] = {}
         self._buckets: dict[tuple[str, int, str], list[Template]] = {}
+        self._siblings: dict[tuple[str, int, int, int, int], list[Template]] = {}
+        self._seq = 0
+        self._kinds: dict[str, int] = {}
+        self.merges: deque[tuple[str, str]] = deque(maxlen=10_000)  # (merged id, into id), for the stage
         self._lru: OrderedDict[str, Template] = OrderedDict()
         self.evicted = 0
+        self._alias: dict[str, str] = {}  # id of a template merged away -> id it merged into
 
     # -- the hot path ------------------------------------------------------------------------
     def add(self, line: str, group: str = "") -> Template:
@@ -163,9 +198,7 @@ class TemplateMiner:
 
     def match(self, line: str, group: str = "") -> Template | None:
         """The template ``line`` belongs to, without learning anything (None when there is none)."""
-        tokens = self._masker.mask(line).split()
-        best = self._best(self._buckets.get(self._bucket_key(group, tokens), ()), tokens)
-        return best
+        return self._best(group, self._masker.mask(line).split())
 
     # -- learning ----------------------------------------------------------------------------
     @staticmethod
@@ -175,69 +208,170 @@ class TemplateMiner:
             first = WILDCARD
         return (group, len(tokens), first)
 
-    def _best(self, candidates: Any, tokens: list[str]) -> Template | None:
+    def _best(self, group: str, tokens: list[str]) -> Template | None:
+        """The most similar template of the line's bucket (and of its wildcard-first bucket)."""
+        n = len(tokens)
+        bkey = self._bucket_key(group, tokens)
+        candidates = self._buckets.get(bkey, ())
+        if bkey[2] != WILDCARD:
+            other = self._buckets.get((group, n, WILDCARD))
+            if other:
+                candidates = [*candidates, *other]
+        if n == 0:
+            return candidates[0] if candidates else None
         best: Template | None = None
         best_sim = -1.0
         best_params = -1
-        n = len(tokens)
-        if n == 0:
-            return candidates[0] if candidates else None
+        hard = self._hard_mismatch
         for tpl in candidates:
             same = params = 0
             for a, b in zip(tpl.tokens, tokens):
-                if a == WILDCARD:
-                    params += 1
-                elif a == b:
+                if a == b:
                     same += 1
-            sim = same / n
-            if sim > best_sim or (sim == best_sim and params > best_params):
-                best, best_sim, best_params = tpl, sim, params
-        if best is not None and best_sim >= self.sim_threshold:
+                elif a == WILDCARD:
+                    params += 1
+                elif hard(a, b):
+                    # Two different plain words: different events (Resumed/Paused, GET/POST), unless
+                    # enough sibling templates prove the position variable (see _merge_siblings).
+                    break
+            else:
+                sim = same / n
+                if sim > best_sim or (sim == best_sim and params > best_params):
+                    best, best_sim, best_params = tpl, sim, params
+        if best is not None and (best_sim + best_params / n) >= self.sim_threshold:
             return best
         return None
 
+    def _kind(self, token: str) -> int:
+        kind = self._kinds.get(token)
+        if kind is None:
+            if len(self._kinds) > 100_000:
+                self._kinds.clear()
+            kind = self._kinds[token] = token_kind(token)
+        return kind
+
+    def _hard_mismatch(self, a: str, b: str) -> bool:
+        ka = self._kind(a)
+        kb = self._kind(b)
+        if ka == WORD and kb == WORD:
+            return True
+        return self.strict_words and (ka == WORD or kb == WORD) and (ka == VAR or kb == VAR)
+
     def _learn(self, masked: str, group: str) -> Template:
         tokens = masked.split()
-        bkey = self._bucket_key(group, tokens)
-        bucket = self._buckets.get(bkey)
-        if bucket is None:
-            bucket = self._buckets[bkey] = []
-        tpl = self._best(bucket, tokens)
+        tpl = self._best(group, tokens)
         if tpl is not None:
             old = tpl.tokens
             if old != tokens:
                 new = [a if a == b else merge_tokens(a, b) for a, b in zip(old, tokens)]
                 if new != old:
-                    tpl.tokens = new
-                    tpl._text = None
+                    self._retokenise(tpl, new)
+                    tpl = self._resolve(tpl) or tpl
             tpl.size += 1
             self._lru.move_to_end(tpl.id)
             return tpl
-        tpl = Template(stable_id(self.namespace, group, masked), group, tokens, 1)
-        existing = self._lru.get(tpl.id)
-        if existing is not None:
-            # Same first text as a live template in another bucket cannot happen (same text, same
-            # bucket); keep ids unique anyway.
-            tpl.id = stable_id(self.namespace, group, masked + f"\x00{len(self._lru)}")
-        bucket.append(tpl)
+        self._seq += 1
+        tpl = Template(stable_id(self.namespace, group, masked), group, tokens, 1, self._seq)
+        if tpl.id in self._lru:
+            tpl.id = stable_id(self.namespace, group, masked + f"\x00{self._seq}")
         self._lru[tpl.id] = tpl
+        self._index(tpl)
         while len(self._lru) > self.max_templates:
             self._evict()
-        return tpl
+        return self._resolve(tpl) or tpl
+
+    def _retokenise(self, tpl: Template, tokens: list[str]) -> None:
+        self._unindex(tpl)
+        tpl.tokens = tokens
+        tpl._text = None
+        self._index(tpl)
+
+    def _index(self, tpl: Template) -> None:
+        """Put ``tpl`` in its bucket and the sibling index, then merge siblings if there are enough."""
+        bkey = self._bucket_key(tpl.group, tpl.tokens)
+        tpl._bkey = bkey
+        self._buckets.setdefault(bkey, []).append(tpl)
+        tokens = tpl.tokens
+        n = len(tokens)
+        if n > self.max_sibling_tokens or self.sibling_merge < 2:
+            return
+        # Key of "this template with position i left out", from prefix and suffix hashes: O(n).
+        prefix = [0] * (n + 1)
+        for i, t in enumerate(tokens):
+            prefix[i + 1] = hash((prefix[i], t))
+        suffix = [0] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            suffix[i] = hash((tokens[i], suffix[i + 1]))
+        keys = tpl._skeys = []
+        merge_at = -1
+        words = [i for i, t in enumerate(tokens) if self._kind(t) == WORD]
+        # A word is judged variable only against a context of other words: with too little of it
+        # (a one-word line, "boot (command <*>)") the word *is* the event.
+        can_merge = len(words) > self.sibling_context
+        for i, t in enumerate(tokens):
+            if WILDCARD in t:
+                continue
+            key = (tpl.group, n, i, prefix[i], suffix[i + 1])
+            keys.append(key)
+            sibs = self._siblings.setdefault(key, [])
+            sibs.append(tpl)
+            if merge_at < 0 and can_merge and len(sibs) >= self.sibling_merge:
+                merge_at = i
+        if merge_at >= 0:
+            self._merge_siblings(tpl, merge_at)
+
+    def _unindex(self, tpl: Template) -> None:
+        bkey = tpl._bkey
+        if bkey is not None:
+            bucket = self._buckets.get(bkey)
+            if bucket is not None:
+                try:
+                    bucket.remove(tpl)
+                except ValueError:
+                    pass
+                if not bucket:
+                    del self._buckets[bkey]
+            tpl._bkey = None
+        for key in tpl._skeys:
+            sibs = self._siblings.get(key)
+            if sibs is not None:
+                try:
+                    sibs.remove(tpl)
+                except ValueError:
+                    pass
+                if not sibs:
+                    del self._siblings[key]
+        tpl._skeys = []
+
+    def _merge_siblings(self, tpl: Template, i: int) -> None:
+        """Templates equal but for one word position, with enough variants there: one template."""
+        key = (tpl.group, len(tpl.tokens), i)
+        sibs = [s for s in self._siblings.get(next(k for k in tpl._skeys if k[:3] == key), ())
+                if s.tokens[:i] == tpl.tokens[:i] and s.tokens[i + 1:] == tpl.tokens[i + 1:]]
+        if len(sibs) < 2:
+            return
+        keeper = min(sibs, key=lambda s: s.seq)
+        for other in sibs:
+            if other is keeper:
+                continue
+            self._unindex(other)
+            other.alive = False
+            other.merged_into = keeper
+            self._lru.pop(other.id, None)
+            self._alias[other.id] = keeper.id
+            if len(self._alias) > 10 * self.max_templates:
+                del self._alias[next(iter(self._alias))]
+            self.merges.append((other.id, keeper.id))
+            keeper.size += other.size
+        tokens = list(keeper.tokens)
+        tokens[i] = WILDCARD
+        self._retokenise(keeper, tokens)
 
     def _evict(self) -> None:
         _id, old = self._lru.popitem(last=False)
         old.alive = False
         self.evicted += 1
-        bkey = self._bucket_key(old.group, old.tokens)
-        bucket = self._buckets.get(bkey)
-        if bucket is not None:
-            try:
-                bucket.remove(old)
-            except ValueError:
-                pass
-            if not bucket:
-                del self._buckets[bkey]
+        self._unindex(old)
 
     @staticmethod
     def _resolve(tpl: Template) -> Template | None:
@@ -251,7 +385,22 @@ class TemplateMiner:
         return list(self._lru.values())
 
     def get(self, template_id: str) -> Template | None:
+        """The live template with this id (None if it was evicted or merged away)."""
         return self._lru.get(template_id)
+
+    def final(self, template_id: str) -> Template:
+        """The live template that lines once given ``template_id`` belong to now (after merges)."""
+        tpl = self._lru.get(template_id)
+        if tpl is not None:
+            return tpl
+        seen = 0
+        while template_id in self._alias and seen < 64:
+            template_id = self._alias[template_id]
+            seen += 1
+        tpl = self._lru.get(template_id)
+        if tpl is None:
+            raise KeyError(template_id)
+        return tpl
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -264,7 +413,10 @@ class TemplateMiner:
             "max_templates": self.max_templates,
             "namespace": self.namespace,
             "evicted": self.evicted,
-            "templates": [[t.id, t.group, t.tokens, t.size] for t in self._lru.values()],
+            "sibling_merge": self.sibling_merge,
+            "seq": self._seq,
+            "templates": [[t.id, t.group, t.tokens, t.size, t.seq] for t in self._lru.values()],
+            "aliases": list(self._alias.items()),
         }
 
     @classmethod
@@ -276,14 +428,20 @@ class TemplateMiner:
             "sim_threshold": data["sim_threshold"],
             "max_templates": data["max_templates"],
             "namespace": data["namespace"],
+            "sibling_merge": data["sibling_merge"],
         }
         kwargs.update(overrides)
         miner = cls(**kwargs)
         miner.evicted = int(data.get("evicted", 0))
-        for tid, group, tokens, size in data["templates"]:
-            tpl = Template(str(tid), str(group), [str(t) for t in tokens], int(size))
-            miner._buckets.setdefault(cls._bucket_key(tpl.group, tpl.tokens), []).append(tpl)
+        miner._seq = int(data["seq"])
+        templates = [Template(str(tid), str(group), [str(t) for t in tokens], int(size), int(seq))
+                     for tid, group, tokens, size, seq in data["templates"]]
+        for tpl in templates:  # recency order
             miner._lru[tpl.id] = tpl
+        for tpl in sorted(templates, key=lambda t: t.seq):  # creation order, as they were indexed
+            if tpl.alive:
+                miner._index(tpl)
+        miner._alias = {str(a): str(b) for a, b in data.get("aliases", ())}
         while len(miner._lru) > miner.max_templates:
             miner._evict()
         return miner
