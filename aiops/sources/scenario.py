@@ -65,8 +65,13 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{spec_path}: missing (a scenario directory needs scenario.yaml)")
     try:
         doc = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{spec_path}: invalid YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{spec_path}{at}: invalid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{spec_path}: unreadable: {exc}") from None
     if not isinstance(doc, dict):
         raise ScenarioError(f"{spec_path}: top level must be a mapping")
     where = str(spec_path)
