@@ -262,5 +262,8 @@ class KubeDouble:
         job["metadata"]["uid"] = f"job-{len(self.jobs)}"
         if "generateName" in job["metadata"] and "name" not in job["metadata"]:
             job["metadata"]["name"] = job["metadata"]["generateName"] + f"{len(self.jobs):05d}"
+        if any(j["metadata"]["name"] == job["metadata"]["name"] and j["metadata"]["namespace"] == job["metadata"][
+                "namespace"] for j in self.jobs):
+            return _status(409, "AlreadyExists", f'jobs.batch "{job["metadata"]["name"]}" already exists')
         self.jobs.append(job)
         return web.json_response(job, status=201)
