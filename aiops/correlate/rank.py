@@ -51,6 +51,9 @@ WEIGHTS = {
     "strength": 0.08,  # strength and breadth of its anomalies
 }
 
+ONSET_SHARE = 0.3
+"""A service's onset is its first signal scoring at least this share of its strongest one."""
+
 UNOBSERVED_FACTOR = 0.8
 """An unobserved common callee scores this fraction of what the evidence alone would give it."""
 
@@ -88,6 +91,15 @@ class _Service:
         return s if self.observed else s * UNOBSERVED_FACTOR
 
 
+def _strength(svc: _Service) -> float:
+    """How loudly a service is anomalous: its strongest signal, a little more for breadth."""
+    if not svc.signals:
+        return 0.0
+    top = max(s.score for s in svc.signals)
+    breadth = len({s.name for s in svc.signals})
+    return top * (1.0 + 0.1 * min(breadth - 1, 5))
+
+
 def _change_for(service: str, onset: float, changes: Sequence[ChangeEvent], lookback_s: float,
                 tolerance_s: float) -> ChangeEvent | None:
     best: ChangeEvent | None = None
@@ -121,11 +133,14 @@ def rank_causes(
     for sig in signals:
         if sig.service is None or sig.kind is SignalKind.CHANGE:
             continue
-        svc = by_service.setdefault(sig.service, _Service(sig.service))
-        svc.signals.append(sig)
-        svc.onset = min(svc.onset, sig.ts)
+        by_service.setdefault(sig.service, _Service(sig.service)).signals.append(sig)
     if not by_service:
         return [], []
+    for svc in by_service.values():
+        # A service's onset is when its main trouble began: a faint early blip among loud
+        # signals is as likely noise as a precursor, and onset order is the strongest cue.
+        loud = max(s.score for s in svc.signals) * ONSET_SHARE
+        svc.onset = min(s.ts for s in svc.signals if s.score >= loud)
     t0 = min(s.onset for s in by_service.values())
     anomalous = set(by_service)
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
@@ -199,25 +214,34 @@ def _score_service(
             svc.evidence.append(f"anomalous {lag:.0f} s after the first service: {_describe(first)} "
                                 f"at {hms(first.ts)}")
 
-    # propagation: anomalous services it depends on, and anomalous services depending on it
+    # propagation: anomalous services it depends on, and anomalous services depending on it.
+    # Both are weighed by strength: a faint blip in a callee does not explain a loud caller,
+    # and a root cause should account for the bulk of the anomaly mass, not for one noisy node.
     if topology.knows(name):
+        own = _strength(svc)
         below = topology.downstream(name) & anomalous
-        earlier_below = sorted(c for c in below if by_service[c].onset <= svc.onset + tol)
-        if not earlier_below:
-            svc.parts["root_like"] = 1.0
-            callees = topology.callees(name)
-            if callees:
-                svc.evidence.append(f"its callees {', '.join(callees[:4])} look healthy"
-                                    if not below else f"its anomalous callees {', '.join(sorted(below)[:4])} "
-                                    f"turned bad later")
-        else:
-            svc.parts["root_like"] = 0.0
-            svc.evidence.append(f"callee {', '.join(earlier_below[:3])} anomalous no later "
+        direct = set(topology.callees(name))
+        blame: dict[str, float] = {}
+        for c in below:
+            if by_service[c].onset <= svc.onset + tol:
+                hop = 1.0 if c in direct else 0.8
+                blame[c] = hop * min(1.0, _strength(by_service[c]) / own) if own > 0 else hop
+        worst = max(blame.values(), default=0.0)
+        svc.parts["root_like"] = 1.0 - worst
+        callees = topology.callees(name)
+        if worst >= 0.5:
+            culprits = sorted(blame, key=lambda c: (-blame[c], c))[:3]
+            svc.evidence.append(f"callee {', '.join(culprits)} anomalous no later and as strongly "
                                 f"(likely a victim of it)")
+        elif callees:
+            svc.evidence.append(f"its callees {', '.join(callees[:4])} look healthy" if not below
+                                else f"its anomalous callees {', '.join(sorted(below)[:4])} turned bad later "
+                                f"or only faintly")
         above = [o for o in sorted(others) if name in topology.downstream(o)
                  and by_service[o].onset >= svc.onset - tol]
-        if others:
-            svc.parts["explains"] = len(above) / len(others)
+        mass = sum(_strength(by_service[o]) for o in others)
+        if mass > 0:
+            svc.parts["explains"] = sum(_strength(by_service[o]) for o in above) / mass
         if above:
             lags = [by_service[o].onset - svc.onset for o in above]
             svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {max(0.0, min(lags)):.0f}-"
