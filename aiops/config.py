@@ -32,6 +32,7 @@ class DetectSettings(BaseModel):
     warmup: int = Field(40, ge=1, description="samples a series needs before it may alert")
     min_duration: int = Field(2, ge=1, description="consecutive anomalous steps before an onset is confirmed")
     recover_steps: int = Field(4, ge=1, description="consecutive calm steps before an anomaly ends")
+    confirm_z: float = Field(4.0, ge=0, description="robust deviation (in scales) a step needs to count as anomalous")
 
 
 class LogSettings(BaseModel):
@@ -48,6 +49,8 @@ class CorrelateSettings(BaseModel):
     min_signals: int = Field(2, ge=1, description="signals needed to open an incident (unless one is severe)")
     strong_score: float = Field(0.95, description="a signal scoring at least this opens an incident alone")
     persist_s: float = Field(120.0, ge=0, description="a lone signal active this long opens an incident")
+    open_hold_s: float = Field(90.0, ge=0, description="an incident opens only once one of its signals lasted this "
+                               "long (longer than a detector blip: anomalous steps + recover steps)")
     onset_tolerance_s: float = Field(30.0, ge=0, description="onsets this close count as simultaneous in ranking")
 
 

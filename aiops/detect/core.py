@@ -1,76 +1,97 @@
 """Batched streaming anomaly scoring: one set of numpy state arrays for many series.
 
-Every series keeps a handful of floats (a robust level, a fast level, a robust scale, a
-run counter); one call to :meth:`BatchScorer.update` advances any subset of series by one
-sample each, so the per-sample Python work is nil and the throughput is that of numpy.
+Every series keeps a few dozen floats and a small time-of-day profile; one call to
+:meth:`BatchScorer.update` advances any subset of series by one sample each, so the
+per-sample Python work is nil and the throughput is that of numpy.
 
-The *strength* of a sample is a calibrated tail probability, ``-log10 p``, of its deviation
-from the series' baseline, taken at two time scales:
+Two complementary views of each sample are computed:
 
-* the point deviation ``(x - level) / scale`` catches spikes and abrupt shifts;
-* the deviation of a fast EWMA of the (clipped) input from the level, divided by the standard
-  error of that EWMA, catches modest shifts that persist (averaging shrinks the noise).
+**Novelty (the score).** A handful of cheap features describe the sample at different time
+scales: the value itself, its residual from a seasonal (time-of-day) profile, a level shift
+(fast minus slow EWMA), a persistent seasonal shift (EWMA of the seasonal residual) and the
+volatility (EWMA of absolute first differences). Each feature keeps the range ``[lo, hi]`` it
+has shown so far (shrinking very slowly, so that old extremes fade over days); the novelty of
+a feature is how far it leaves that range, in units of the range. The score is the weighted
+maximum over features mapped to ``[0, 1)`` by ``e / (e + half)``: monotone, so it keeps full
+resolution at the top end. Novelty fires on the *first* sample that goes beyond what the
+series has done before and stays quiet while it repeats, so a level shift gives one
+detection at its onset and is then the new normal. This is the contextual-novelty idea behind
+CAD OSE (Smirnov, NAB 2016) and the "new extreme" effect analysed by Wu & Keogh, "Current
+Time Series Anomaly Detection Benchmarks are Flawed" (2021), taken across time scales.
 
-``level`` and ``scale`` are an EWMA and an EW mean absolute deviation updated with residuals
-clipped at ``clip`` scales (a Huber-style update: one outlier cannot drag the baseline or
-inflate the scale), and the scale is floored both relative to the level and absolutely so
-that a near-constant series cannot produce enormous scores from a tiny wiggle. A deviation
-that persists for ``adapt_steps`` samples in one direction is adopted as the new normal.
-
-The *score* maps strength to ``[0, 1)`` as ``s / (s + half)``: monotone, so it keeps the full
-ordering (and float64 resolution) at the top end, and ``0.5`` means ``p = 10**-half``.
-
-References: Hampel et al., *Robust Statistics* (1986) for clipped M-estimation; Lavin &
-Ahmad, "Evaluating Real-time Anomaly Detection Algorithms -- the Numenta Anomaly Benchmark"
-(2015) for why the score must keep resolution and repeats must be suppressed.
+**Deviation (z and strength).** A robust baseline: an EWMA level and EW mean absolute
+deviation updated with residuals clipped at ``clip`` scales (Huber-style: one outlier cannot
+drag the baseline or inflate the scale), floored relative to the level and absolutely so a
+near-constant series cannot produce huge values from a tiny wiggle, and the same against the
+seasonal profile (the smaller deviation wins: a sample the profile explains is not unusual).
+``z`` is that signed deviation; ``strength`` its one-sided Gaussian tail, ``-log10 p``. The
+stage uses ``z`` to confirm a novelty before alerting (a slow trend sets new extremes without
+deviating from its baseline).
 
 >>> import numpy as np
 >>> s = BatchScorer(ScorerParams(warmup=5))
 >>> idx = s.add_series(3)
->>> for v in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0]:
+>>> for v in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02]:
 ...     out = s.update(idx, np.array([v, 10 * v, np.nan]))
 >>> out = s.update(idx, np.array([5.0, 10.0, 1.0]))
->>> bool(out.strength[0] > 10), bool(out.score[1] < 0.1), float(out.score[2])
+>>> bool(out.score[0] > 0.9), bool(out.score[1] < 0.5), float(out.score[2])
 (True, True, 0.0)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 from scipy.special import log_ndtr
 
 _LN10 = math.log(10.0)
-# mean absolute deviation -> standard deviation for Gaussian noise
-_MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
+_MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # mean absolute deviation -> sigma for Gaussian noise
+
+FEATURES = ("value", "season", "shift", "season_shift", "volatility")
 
 
 @dataclass(frozen=True)
 class ScorerParams:
     """Tuning of :class:`BatchScorer`; one configuration for every series."""
 
-    warmup: int = 40
-    alpha: float = 0.02  # slow level / scale: ~50-sample memory
-    alpha_fast: float = 0.3  # fast level: ~3-sample memory
-    clip: float = 4.0  # residuals beyond clip*scale are anomalous and clipped when learning
-    adapt_steps: int = 20  # this many anomalous samples in one direction become the new normal
-    half: float = 6.0  # strength (-log10 p) that maps to score 0.5
+    warmup: int = 40  # samples before a series may score
+    half: float = 0.015  # novelty (in units of the feature's range) that maps to score 0.5
+    w_value: float = 1.0  # feature weights: how much novelty in each counts
+    w_season: float = 0.2
+    w_shift: float = 0.3
+    w_season_shift: float = 0.1
+    w_volatility: float = 0.1
+    range_decay: float = 2e-5  # per sample: how fast an old extreme fades (~50k samples)
+    quiet_steps: int = 20  # after a score >= 0.5, this many samples only score if they beat it
+    alpha_fast: float = 0.3  # fast EWMA (a few samples)
+    alpha_slow: float = 0.01  # slow EWMA for level shifts (~100 samples)
+    alpha_vol: float = 0.1
+    alpha_season_shift: float = 0.2
+    alpha: float = 0.02  # robust baseline level and scale (~50 samples)
+    clip: float = 4.0  # residuals beyond clip*scale are clipped when learning the baseline
+    season_period: float = 86400.0  # seconds; the profile is keyed by event time modulo this
+    season_bins: int = 288  # profile resolution (0 = no seasonal profile)
+    season_alpha: float = 0.5  # how much one period's visit of a bin moves it
 
 
 @dataclass(frozen=True)
 class ScoreBatch:
     """Per-sample outputs of one :meth:`BatchScorer.update` call (aligned with its input)."""
 
-    score: np.ndarray  # strength / (strength + half), in [0, 1)
-    strength: np.ndarray  # -log10 tail probability, 0 for gaps and during warm-up
-    z: np.ndarray  # signed deviation in scales (+ = up), 0 for gaps
-    baseline: np.ndarray  # level the sample was compared with (NaN before any data)
+    score: np.ndarray  # novelty mapped to [0, 1); 0 for gaps and during warm-up
+    novelty: np.ndarray  # weighted novelty, in units of the feature range
+    feature: np.ndarray  # index into FEATURES of the most novel feature (-1: none)
+    z: np.ndarray  # signed robust deviation from the baseline, in scales (+ = up)
+    strength: np.ndarray  # -log10 of the one-sided tail probability of |z|
+    baseline: np.ndarray  # what the sample was compared with (NaN before any data)
 
 
-_STATE = ("n", "level", "fast", "dev", "run")
+# per-series float64 state; "hi_*"/"lo_*" are the feature ranges
+_STATE = ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first") + tuple(
+    f"{b}_{f}" for f in FEATURES for b in ("hi", "lo"))
 _CONF = ("up_ok", "down_ok", "sens", "rel_floor", "abs_floor")
 _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, "abs_floor": 1e-9}
 
@@ -78,18 +99,18 @@ _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, 
 class BatchScorer:
     """Streaming scorer for many series at once (state arrays indexed by series number).
 
-    Series are added with :meth:`add_series` (optionally with a per-series direction mask,
-    sensitivity and scale floors) and fed with :meth:`update`. NaN values are gaps: they
-    are neither learned nor scored.
+    Series are added with :meth:`add_series` (with a direction mask, a sensitivity and scale
+    floors) and fed with :meth:`update`. NaN values are gaps: neither learned nor scored.
     """
 
     def __init__(self, params: ScorerParams | None = None) -> None:
         self.params = params or ScorerParams()
+        p = self.params
+        self._w = np.array([p.w_value, p.w_season, p.w_shift, p.w_season_shift, p.w_volatility])
         self.size = 0
         self._cap = 0
-        self._arrays: dict[str, np.ndarray] = {}
-        for name in _STATE + _CONF:
-            self._arrays[name] = np.zeros(0)
+        self._arrays: dict[str, np.ndarray] = {name: np.zeros(0) for name in _STATE + _CONF}
+        self._season = np.full((0, max(p.season_bins, 1)), np.nan, dtype=np.float32)
         self._grow(16)
 
     # -- series management -------------------------------------------------------------
@@ -98,10 +119,12 @@ class BatchScorer:
             return
         cap = max(need, 2 * self._cap, 16)
         for name, arr in self._arrays.items():
-            fill = _CONF_DEFAULTS.get(name, 0.0)
-            new = np.full(cap, fill, dtype=np.float64)
+            new = np.full(cap, _CONF_DEFAULTS.get(name, 0.0), dtype=np.float64)
             new[: self.size] = arr[: self.size]
             self._arrays[name] = new
+        season = np.full((cap, self._season.shape[1]), np.nan, dtype=np.float32)
+        season[: self.size] = self._season[: self.size]
+        self._season = season
         self._cap = cap
 
     def add_series(self, count: int = 1, *, up: bool = True, down: bool = True, sensitivity: float = 1.0,
@@ -114,6 +137,7 @@ class BatchScorer:
         a = self._arrays
         for name in _STATE:
             a[name][sl] = 0.0
+        self._season[sl] = np.nan
         a["up_ok"][sl] = 1.0 if up else 0.0
         a["down_ok"][sl] = 1.0 if down else 0.0
         a["sens"][sl] = sensitivity
@@ -124,102 +148,184 @@ class BatchScorer:
     @property
     def bytes_per_series(self) -> int:
         """State and configuration bytes held per series."""
-        return sum(arr.itemsize for arr in self._arrays.values())
+        return sum(arr.itemsize for arr in self._arrays.values()) + self._season.itemsize * self._season.shape[1]
 
     # -- the hot path --------------------------------------------------------------------
-    def update(self, idx: np.ndarray, values: np.ndarray) -> ScoreBatch:
-        """Score ``values[k]`` against series ``idx[k]`` and learn from it (indices unique)."""
+    def update(self, idx: np.ndarray, values: np.ndarray, ts: np.ndarray | float | None = None) -> ScoreBatch:
+        """Score ``values[k]`` against series ``idx[k]`` and learn from it (indices unique).
+
+        ``ts`` is the event time of the samples (one float for the whole batch or one per
+        sample); without it the seasonal profile is not used.
+        """
         p = self.params
         values = np.asarray(values, dtype=np.float64)
         idx = np.asarray(idx, dtype=np.intp)
         n_out = len(idx)
-        score = np.zeros(n_out)
-        strength = np.zeros(n_out)
-        z_out = np.zeros(n_out)
-        base_out = np.full(n_out, np.nan)
         valid = np.isfinite(values)
-        if not valid.all():
+        t_all = None if ts is None else np.broadcast_to(np.asarray(ts, dtype=np.float64), values.shape)
+        if t_all is not None:
+            valid &= np.isfinite(t_all)
+        if valid.all():
+            pos = None
+            i, x, t = idx, values, t_all
+        else:
             pos = np.flatnonzero(valid)
             i, x = idx[pos], values[pos]
-        else:
-            pos = None
-            i, x = idx, values
+            t = None if t_all is None else t_all[pos]
         if len(i) == 0:
-            return ScoreBatch(score, strength, z_out, base_out)
+            zero = np.zeros(n_out)
+            return ScoreBatch(zero, zero.copy(), np.full(n_out, -1), zero.copy(), zero.copy(), np.full(n_out, np.nan))
         a = self._arrays
         n = a["n"][i]
-        level = a["level"][i]
-        fast = a["fast"][i]
-        dev = a["dev"][i]
-        run = a["run"][i]
         first = n == 0
-        level = np.where(first, x, level)
-        fast = np.where(first, x, fast)
-
-        scale = np.maximum(dev * _MAD_TO_SIGMA, np.maximum(a["rel_floor"][i] * np.abs(level), a["abs_floor"][i]))
-        resid = x - level
-        zp = resid / scale
         warm = n >= p.warmup
-        # before warm-up the scale is not trusted, so nothing is clipped and learning is a plain mean
-        lim = np.where(warm, p.clip * scale, np.inf)
+        floor = np.maximum(a["rel_floor"][i] * np.abs(np.where(first, x, a["level"][i])), a["abs_floor"][i])
+        up_ok, down_ok = a["up_ok"][i], a["down_ok"][i]
+
+        # -- features ------------------------------------------------------------------
+        prev = np.where(first, x, a["prev"][i])
+        fast = np.where(first, x, a["fast"][i]) * (1 - p.alpha_fast) + p.alpha_fast * x
+        slow = np.where(first, x, a["slow"][i]) * (1 - p.alpha_slow) + p.alpha_slow * x
+        vol = a["vol"][i] + p.alpha_vol * (np.abs(x - prev) - a["vol"][i])
+        a["prev"][i], a["fast"][i], a["slow"][i], a["vol"][i] = x, fast, slow, vol
+        shift = fast - slow
+
+        # robust baseline (level model)
+        level = np.where(first, x, a["level"][i])
+        scale = np.maximum(a["dev"][i] * _MAD_TO_SIGMA, floor)
+        resid = x - level
+        z = resid / scale
+        lim = np.where(warm, p.clip * scale, np.inf)  # no clipping until the scale is trusted
         rc = np.clip(resid, -lim, lim)
-        new_fast = fast + p.alpha_fast * (level + rc - fast)
-        zf = (new_fast - level) / (scale * math.sqrt(p.alpha_fast / (2.0 - p.alpha_fast)))
-
-        up = np.maximum(zp, zf) * a["up_ok"][i]
-        down = np.maximum(-zp, -zf) * a["down_ok"][i]
-        is_up = up >= down
-        zmag = np.where(is_up, up, down) * a["sens"][i]
-        zmag = np.where(warm, zmag, 0.0)
-        sc = np.maximum(0.0, -log_ndtr(-zmag) / _LN10 - math.log10(2.0))
-
-        # learning
         rate = np.where(warm, p.alpha, np.maximum(p.alpha, 1.0 / (n + 1.0)))
-        new_level = level + rate * rc
-        new_dev = np.where(first, 0.0, dev + rate * (np.abs(rc) - dev))
-        outside = np.abs(resid) > lim
-        sign = np.sign(resid)
-        new_run = np.where(outside, np.where(np.sign(run) == sign, run + sign, sign), 0.0)
-        adopt = np.abs(new_run) >= p.adapt_steps
-        if adopt.any():
-            new_level = np.where(adopt, x, new_level)
-            new_fast = np.where(adopt, x, new_fast)
-            new_run = np.where(adopt, 0.0, new_run)
-        a["n"][i] = n + 1.0
-        a["level"][i] = new_level
-        a["fast"][i] = new_fast
-        a["dev"][i] = new_dev
-        a["run"][i] = new_run
+        a["level"][i] = level + rate * rc
+        a["dev"][i] = np.where(first, 0.0, a["dev"][i] + rate * (np.abs(rc) - a["dev"][i]))
+        base = level
 
-        signed_z = np.where(is_up, zmag, -zmag)
-        bounded = sc / (sc + p.half)
+        # seasonal profile
+        have_season = p.season_bins > 0 and t is not None
+        if have_season:
+            assert t is not None
+            nb = p.season_bins
+            b = np.clip(((t % p.season_period) * (nb / p.season_period)).astype(np.intp), 0, nb - 1)
+            prof = self._season[i, b].astype(np.float64)
+            # a profile is only a seasonal baseline once it holds a previous period's values
+            s_first = np.where(first, t, a["s_first"][i])
+            a["s_first"][i] = s_first
+            known = np.isfinite(prof) & (t - s_first >= p.season_period)
+            s_res = np.where(known, x - prof, 0.0)
+            s_n = a["s_n"][i]
+            s_scale = np.maximum(a["s_dev"][i] * _MAD_TO_SIGMA, floor)
+            s_z = s_res / s_scale
+            use = known & (s_n >= p.warmup) & (np.abs(s_z) < np.abs(z))
+            z = np.where(use, s_z, z)
+            base = np.where(use, prof, base)
+            s_lim = np.where(s_n >= p.warmup, p.clip * s_scale, np.inf)
+            s_rc = np.clip(s_res, -s_lim, s_lim)
+            s_rate = np.where(s_n >= p.warmup, p.alpha, 1.0 / (s_n + 1.0))
+            a["s_dev"][i] = np.where(known, a["s_dev"][i] + s_rate * (np.abs(s_rc) - a["s_dev"][i]), a["s_dev"][i])
+            a["s_n"][i] = s_n + known
+            s_shift = np.where(known, a["s_shift"][i] + p.alpha_season_shift * (s_res - a["s_shift"][i]),
+                               a["s_shift"][i])
+            a["s_shift"][i] = s_shift
+            # a bin is visited by several samples in a row: spread one period's learning over them
+            width = p.season_period / nb
+            dt = np.where(a["s_dt"][i] > 0, a["s_dt"][i], width)
+            per_visit = np.maximum(1.0, width / dt)
+            v_rate = 1.0 - (1.0 - p.season_alpha) ** (1.0 / per_visit)
+            self._season[i, b] = np.where(np.isfinite(prof), prof + v_rate * (x - prof), x).astype(np.float32)
+            gap = t - a["s_t"][i]
+            ok_gap = ~first & (gap > 0) & (gap < width)
+            a["s_dt"][i] = np.where(ok_gap, np.where(a["s_dt"][i] > 0, a["s_dt"][i] + 0.1 * (gap - a["s_dt"][i]), gap),
+                                    a["s_dt"][i])
+            a["s_t"][i] = t
+        else:
+            known = np.zeros(len(i), dtype=bool)
+            s_res = np.zeros(len(i))
+            s_shift = np.zeros(len(i))
+        a["n"][i] = n + 1.0
+
+        # -- novelty of each feature against its own range ------------------------------
+        feats = (x, s_res, shift, s_shift, vol)
+        ready = (np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool))
+        nov_up = np.zeros((len(FEATURES), len(i)))
+        nov_down = np.zeros((len(FEATURES), len(i)))
+        keep = 1.0 - p.range_decay
+        for k, name in enumerate(FEATURES):
+            f, ok = feats[k], ready[k]
+            hi, lo = a["hi_" + name][i], a["lo_" + name][i]
+            seen = a["n"][i] > 1 if k in (0, 2, 4) else a["s_n"][i] > 1
+            fresh = ok & ~seen  # first value of this feature: the range starts here
+            hi = np.where(fresh, f, hi)
+            lo = np.where(fresh, f, lo)
+            span = np.maximum(hi - lo, floor)
+            nov_up[k] = np.where(ok, np.maximum(f - hi, 0.0) / span, 0.0)
+            nov_down[k] = np.where(ok, np.maximum(lo - f, 0.0) / span, 0.0)
+            new_hi = np.where(ok, np.maximum(hi, f), hi)
+            new_lo = np.where(ok, np.minimum(lo, f), lo)
+            mid = 0.5 * (new_hi + new_lo)
+            a["hi_" + name][i] = mid + keep * (new_hi - mid)
+            a["lo_" + name][i] = mid + keep * (new_lo - mid)
+        nov_up[4] += nov_down[4]  # more or less volatility: direction-free, counted as "up"
+        nov_down[4] = 0.0
+        w = self._w[:, None]
+        nov_up = nov_up * w * up_ok
+        nov_down = nov_down * w * down_ok
+        best_up = nov_up.max(axis=0)
+        best_down = nov_down.max(axis=0)
+        is_up = best_up >= best_down
+        novelty = np.where(is_up, best_up, best_down) * a["sens"][i]
+        novelty = np.where(warm, novelty, 0.0)
+        feature = np.where(novelty > 0, np.where(is_up, nov_up.argmax(axis=0), nov_down.argmax(axis=0)), -1)
+        score = novelty / (novelty + p.half)
+        # one detection per event: NAB rewards the first detection in a window and charges every
+        # repeat, and an on-call engineer wants one page, so right after a detection only a
+        # stronger sample may score
+        quiet = a["quiet"][i]
+        muted = (quiet > 0) & (score <= a["peak"][i])
+        score = np.where(muted, 0.0, score)
+        fire = score >= 0.5
+        a["quiet"][i] = np.where(fire, float(p.quiet_steps), np.maximum(quiet - 1.0, 0.0))
+        a["peak"][i] = np.where(fire, score, a["peak"][i])
+
+        z = np.where(warm, z, 0.0) * a["sens"][i]
+        strength = np.maximum(0.0, -log_ndtr(-np.abs(z)) / _LN10)
+        outs = (score, novelty, feature, z, strength, base)
         if pos is None:
-            return ScoreBatch(bounded, sc, signed_z, level)
-        score[pos] = bounded
-        strength[pos] = sc
-        z_out[pos] = signed_z
-        base_out[pos] = level
-        return ScoreBatch(score, strength, z_out, base_out)
+            return ScoreBatch(*outs)
+        full = []
+        for arr, fill in zip(outs, (0.0, 0.0, -1, 0.0, 0.0, np.nan), strict=True):
+            o = np.full(n_out, fill, dtype=arr.dtype)
+            o[pos] = arr
+            full.append(o)
+        return ScoreBatch(*full)
 
     # -- state ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-able state (floats survive a JSON round trip exactly)."""
+        season = self._season[: self.size].astype(np.float64)
         return {
-            "version": 1,
+            "version": 2,
             "params": asdict(self.params),
             "size": self.size,
             "arrays": {k: v[: self.size].tolist() for k, v in self._arrays.items()},
+            # NaN (an unvisited bin) is not JSON: None stands in for it
+            "season": [[None if math.isnan(v) else v for v in row] for row in season.tolist()],
         }
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> BatchScorer:
         """Rebuild a scorer from :meth:`snapshot` output."""
-        if data.get("version") != 1:
+        if data.get("version") != 2:
             raise ValueError(f"unsupported scorer snapshot version {data.get('version')!r}")
-        obj = cls(ScorerParams(**data["params"]))
+        known = {f.name for f in fields(ScorerParams)}
+        obj = cls(ScorerParams(**{k: v for k, v in data["params"].items() if k in known}))
         size = int(data["size"])
         obj._grow(size)
         obj.size = size
         for k, v in data["arrays"].items():
-            obj._arrays[k][:size] = np.asarray(v, dtype=np.float64)
+            if k in obj._arrays:
+                obj._arrays[k][:size] = np.asarray(v, dtype=np.float64)
+        if size:
+            obj._season[:size] = np.array(data["season"], dtype=np.float64).astype(np.float32)
         return obj

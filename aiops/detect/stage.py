@@ -4,9 +4,11 @@ Scoring is done by :class:`~aiops.detect.core.BatchScorer` for all series of a s
 this module adds the per-series defaults (which direction is bad, scale floors), the
 per-metric overrides, and the onset/recovery state machine, itself kept in numpy arrays:
 
-* a series is *anomalous* at a step when its score reaches ``settings.threshold``;
-* an onset is confirmed after ``min_duration`` consecutive anomalous steps and reported with
-  the first anomalous step as its ``ts``;
+* a series *deviates* at a step when its robust deviation ``|z|`` reaches
+  ``settings.confirm_z`` in a direction that is bad for it;
+* an onset needs a run of ``min_duration`` consecutive deviating steps (same direction) in
+  which the novelty score reached ``settings.threshold`` at least once; it is reported with
+  the first deviating step of the run as its ``ts``;
 * it ends after ``recover_steps`` consecutive calm steps (same ``id``, ``end_ts`` set).
 
 Gaps (NaN values or a series missing from a step) neither advance nor reset the counters.
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from aiops.config import DetectSettings
-from aiops.detect.core import BatchScorer, ScorerParams
+from aiops.detect.core import FEATURES, BatchScorer, ScoreBatch, ScorerParams
 from aiops.detect.overrides import MetricOverride, resolve
 from aiops.records import PointKind, SeriesPoint, Signal, SignalKind
 
@@ -89,7 +91,8 @@ class MetricDetectStage:
         self._meta: list[tuple[str, str | None, str]] = []  # key, service, metric
         self._cap = 0
         self._st: dict[str, np.ndarray] = {}
-        for name in ("anom_run", "calm_run", "active", "onset_ts", "peak", "min_dur", "on_value", "on_base"):
+        for name in ("anom_run", "calm_run", "active", "active_ts", "onset_ts", "armed", "peak", "min_dur",
+                     "on_value", "on_base", "on_z", "on_feature"):
             self._st[name] = np.zeros(0)
         self._grow(16)
         self.duplicates = 0  # points whose key repeated within one step (the last one wins)
@@ -137,55 +140,69 @@ class MetricDetectStage:
             batch[i] = p.value
         idx = np.fromiter(batch.keys(), dtype=np.intp, count=len(batch))
         vals = np.fromiter(batch.values(), dtype=np.float64, count=len(batch))
-        out = self.scorer.update(idx, vals)
-        return self._transitions(ts, idx, vals, out.score, out.z, out.baseline)
+        out = self.scorer.update(idx, vals, ts)
+        return self._transitions(ts, idx, vals, out)
 
-    def _transitions(self, ts: float, idx: np.ndarray, vals: np.ndarray, score: np.ndarray,
-                     z: np.ndarray, base: np.ndarray) -> list[Signal]:
+    def _transitions(self, ts: float, idx: np.ndarray, vals: np.ndarray, out: ScoreBatch) -> list[Signal]:
         st = self._st
         valid = np.isfinite(vals)
-        anom = valid & (score >= self.settings.threshold)
-        calm = valid & ~anom
+        z = out.z
+        sc = self.scorer._arrays  # direction masks live with the scorer's per-series config
+        dir_ok = np.where(z > 0, sc["up_ok"][idx] > 0, sc["down_ok"][idx] > 0)
+        deviating = valid & dir_ok & (np.abs(z) >= self.settings.confirm_z)
+        calm = valid & ~deviating
+        sign = np.sign(z)
         run = st["anom_run"][idx]
-        starting = anom & (run == 0)
+        same = np.sign(run) == sign
+        starting = deviating & ~same
+        new_run = np.where(deviating, np.where(same, run + sign, sign), np.where(calm, 0.0, run))
+        st["anom_run"][idx] = new_run
         if starting.any():
             s_idx = idx[starting]
             st["onset_ts"][s_idx] = ts
             st["peak"][s_idx] = 0.0
-        new_run = np.where(anom, run + 1, np.where(calm, 0.0, run))
-        st["anom_run"][idx] = new_run
-        a_idx = idx[anom]
-        st["peak"][a_idx] = np.maximum(st["peak"][a_idx], score[anom])
-        # remember the most extreme value of the run for the evidence sentence
-        take = anom & (score >= st["peak"][idx])
-        st["on_value"][idx[take]] = vals[take]
-        st["on_base"][idx[take]] = base[take]
+            st["armed"][s_idx] = 0.0
+        # an onset needs novelty (the series does something it has not done before) and a
+        # deviation from its baseline that lasts; a slow trend has the first, a repeat of a
+        # known pattern only the second
+        novel = deviating & (out.score >= self.settings.threshold)
+        st["armed"][idx[novel]] = 1.0
+        d_idx = idx[deviating]
+        better = deviating & (out.score >= st["peak"][idx])
+        b_idx = idx[better]
+        st["peak"][b_idx] = out.score[better]
+        st["on_value"][b_idx] = vals[better]
+        st["on_base"][b_idx] = out.baseline[better]
+        st["on_z"][b_idx] = z[better]
+        st["on_feature"][b_idx] = out.feature[better]
+        del d_idx
         active = st["active"][idx] > 0
-        calm_run = np.where(calm & active, st["calm_run"][idx] + 1, np.where(anom, 0.0, st["calm_run"][idx]))
+        calm_run = np.where(calm & active, st["calm_run"][idx] + 1, np.where(deviating, 0.0, st["calm_run"][idx]))
         st["calm_run"][idx] = calm_run
-        onset = anom & ~active & (new_run >= st["min_dur"][idx])
+        onset = (deviating & ~active & (st["armed"][idx] > 0)
+                 & (np.abs(new_run) >= st["min_dur"][idx]))
         recover = calm & active & (calm_run >= self.settings.recover_steps)
         signals: list[Signal] = []
         for k in np.flatnonzero(onset | recover):
             i = int(idx[k])
             key, service, metric = self._meta[i]
-            onset_ts = float(st["onset_ts"][i])
-            sid = f"m:{key}:{int(onset_ts)}"
             if onset[k]:
+                onset_ts = float(st["onset_ts"][i])
                 st["active"][i] = 1.0
+                st["active_ts"][i] = onset_ts
                 st["calm_run"][i] = 0.0
-                direction = "up" if z[k] >= 0 else "down"
                 peak = float(st["peak"][i])
-                signals.append(Signal(id=sid, ts=onset_ts, kind=SignalKind.METRIC, service=service, name=metric,
-                                      score=round(peak, 3), direction=direction,
-                                      evidence=(_evidence(metric, float(st["on_value"][i]),
-                                                          float(st["on_base"][i]), peak),)))
+                signals.append(Signal(id=f"m:{key}:{int(onset_ts)}", ts=onset_ts, kind=SignalKind.METRIC,
+                                      service=service, name=metric, score=round(peak, 4),
+                                      direction="up" if z[k] >= 0 else "down",
+                                      evidence=(_evidence(metric, float(st["on_value"][i]), float(st["on_base"][i]),
+                                                          float(st["on_z"][i]), int(st["on_feature"][i]), peak),)))
             else:
+                onset_ts = float(st["active_ts"][i])
                 st["active"][i] = 0.0
-                st["anom_run"][i] = 0.0
-                signals.append(Signal(id=sid, ts=onset_ts, kind=SignalKind.METRIC, service=service, name=metric,
-                                      score=round(float(st["peak"][i]), 3), end_ts=ts,
-                                      evidence=(f"{metric} back to normal ({vals[k]:.3g}) at {ts:.0f}",)))
+                signals.append(Signal(id=f"m:{key}:{int(onset_ts)}", ts=onset_ts, kind=SignalKind.METRIC,
+                                      service=service, name=metric, score=round(float(st["peak"][i]), 4),
+                                      end_ts=ts, evidence=(f"{metric} back to normal ({vals[k]:.3g})",)))
         return signals
 
     # -- state ---------------------------------------------------------------------------
@@ -219,9 +236,19 @@ class MetricDetectStage:
         return obj
 
 
-def _evidence(metric: str, value: float, base: float, score: float) -> str:
+_FEATURE_WORDS = {
+    "value": "beyond its range so far",
+    "season": "unusual for the time of day",
+    "shift": "level shift",
+    "season_shift": "sustained departure from the daily pattern",
+    "volatility": "volatility change",
+}
+
+
+def _evidence(metric: str, value: float, base: float, z: float, feature: int, score: float) -> str:
     if np.isfinite(base) and abs(base) > 1e-12:
         pct = f" ({(value - base) / abs(base) * 100:+.0f}%)"
     else:
         pct = ""
-    return f"{metric} {value:.3g} vs baseline {base:.3g}{pct}, score {score:.1f}"
+    what = _FEATURE_WORDS[FEATURES[feature]] if 0 <= feature < len(FEATURES) else "deviation"
+    return f"{metric} {value:.3g} vs baseline {base:.3g}{pct}, {what}, z {z:+.1f}, score {score:.2f}"
