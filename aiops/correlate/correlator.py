@@ -27,7 +27,7 @@ Everything is a function of the inputs and event time (no clock), so replay is e
 >>> for i, (svc, ts) in enumerate([("db", 100.0), ("web", 115.0)]):
 ...     c.on_signal(Signal(id=f"s{i}", ts=ts, kind=SignalKind.METRIC, service=svc,
 ...                        name="http_requests_total:error_ratio", score=0.9, direction="up"))
->>> [(i.status.value, i.root_causes[0].service) for i in c.tick(120.0)]
+>>> [(i.status.value, i.root_causes[0].service) for t in range(105, 300, 15) for i in c.tick(float(t))]
 [('open', 'db')]
 """
 
@@ -132,13 +132,12 @@ class Correlator:
         out: list[Incident] = []
         new, self._new = self._new, []
         new.sort(key=lambda i: (self._signals[i].ts, i))
-        touched: set[str] = set()
         for sid in new:
-            inc_id = self._attach(sid, ts, out)
-            if inc_id is None:
+            inc = self._live_match(self._signals[sid])
+            if inc is None:
                 self._pending.append(sid)
             else:
-                touched.add(inc_id)
+                self._join(inc, sid)
         out.extend(self._open_from_pending(ts))
         for inc in list(self._incidents.values()):
             if inc.live:
@@ -148,34 +147,33 @@ class Correlator:
         self._prune(ts)
         return out
 
-    def _attach(self, sid: str, ts: float, out: list[Incident]) -> str | None:
-        sig = self._signals[sid]
+    def _live_match(self, sig: Signal) -> _Inc | None:
+        """The live incident a new signal belongs to: related service, onset near its latest onsets."""
         if sig.service is None:
             return None
         w = self.settings.window_s
         best: _Inc | None = None
         for inc in self._incidents.values():
-            services = self._services(inc)
-            if not any(self.topology.related(sig.service, s) for s in services):
+            if not inc.live or sig.ts > inc.last_activity + w or sig.ts < inc.opened_ts - w:
                 continue
-            if inc.live:
-                if sig.ts > inc.last_activity + w or sig.ts < inc.opened_ts - w:
-                    continue
-            elif inc.resolved_ts is None or sig.ts - inc.resolved_ts > self.settings.flap_window_s:
+            if not any(self.topology.related(sig.service, s) for s in self._services(inc)):
                 continue
-            if best is None or (inc.live, inc.last_activity) > (best.live, best.last_activity):
+            if best is None or inc.last_activity > best.last_activity:
                 best = inc
-        if best is None:
-            return None
-        if not best.live:
-            best.resolved_ts = None
-            best.reopened += 1
-            best.published = None  # force an update record for the re-fire
-            best.opened_why.append(f"reopened at {hms(ts)} (re-fire #{best.reopened} within the flap window): "
-                                   f"{self._describe(sig)}")
-            self._log.info("incident_reopened", incident_id=best.id, service=sig.service, signal=sig.name)
-        self._join(best, sid)
-        return best.id
+        return best
+
+    def _flap_match(self, group: Sequence[str], ts: float) -> _Inc | None:
+        """A recently resolved incident this group re-fires (flap control), if any."""
+        services = {svc for g in group if (svc := self._signals[g].service) is not None}
+        best: _Inc | None = None
+        for inc in self._incidents.values():
+            if inc.live or inc.resolved_ts is None or ts - inc.resolved_ts > self.settings.flap_window_s:
+                continue
+            if not any(self.topology.related(a, b) for a in services for b in self._services(inc)):
+                continue
+            if best is None or (inc.resolved_ts or 0.0) > (best.resolved_ts or 0.0):
+                best = inc
+        return best
 
     def _join(self, inc: _Inc, sid: str) -> None:
         sig = self._signals[sid]
@@ -199,30 +197,47 @@ class Correlator:
         self._pending = alive
         if not alive:
             return []
-        groups = self._components(alive)
         out: list[Incident] = []
-        for group in groups:
+        for group in self._components(alive):
             why = self._opening_reason(group, ts)
             if why is None:
                 continue
+            members = set(group)
+            self._pending = [p for p in self._pending if p not in members]
+            ordered = sorted(group, key=lambda g: (self._signals[g].ts, g))
+            old = self._flap_match(group, ts)
+            if old is not None:
+                old.resolved_ts = None
+                old.reopened += 1
+                old.published = None  # force an update record for the re-fire
+                old.opened_why.append(f"reopened at {hms(ts)} (re-fire #{old.reopened} within the flap window "
+                                      f"of {s.flap_window_s:.0f} s): {why}")
+                for sid in ordered:
+                    self._join(old, sid)
+                self._log.info("incident_reopened", incident_id=old.id, reopened=old.reopened)
+                continue  # the refresh below emits its update
             self._seq += 1
-            first = min(self._signals[g].ts for g in group)
+            first = self._signals[ordered[0]].ts
             inc = _Inc(id=f"inc-{int(first)}-{self._seq}", opened_ts=ts, last_activity=first)
             inc.opened_why.append(why)
-            for sid in sorted(group, key=lambda g: (self._signals[g].ts, g)):
+            for sid in ordered:
                 self._join(inc, sid)
             self._incidents[inc.id] = inc
-            self._pending = [p for p in self._pending if p not in set(group)]
             rec = self._refresh(inc, ts, status=IncidentStatus.OPEN)
             assert rec is not None
             self._log.info("incident_opened", incident_id=inc.id, services=list(rec.services),
-                     root_cause=rec.root_causes[0].service if rec.root_causes else None)
+                           root_cause=rec.root_causes[0].service if rec.root_causes else None)
             out.append(rec)
         # signals still pending are noted as left out of the incidents live around them
         for sid in self._pending:
             self._note_left_out(sid, "not connected to its services in the topology, "
                                      "and not enough evidence to open an incident of its own")
         return out
+
+    def _held(self, sig: Signal, ts: float) -> bool:
+        """Has the signal lasted ``open_hold_s`` (Prometheus' ``for:``)? Blips end before that."""
+        end = ts if sig.end_ts is None else sig.end_ts
+        return end - sig.ts >= self.settings.open_hold_s
 
     def _components(self, sids: Sequence[str]) -> list[list[str]]:
         """Union-find over pending signals: same / related service, onsets within the window."""
@@ -252,7 +267,8 @@ class Correlator:
         s = self.settings
         sigs = [self._signals[g] for g in group]
         active = [x for x in sigs if x.active]
-        if not active:
+        held = [x for x in sigs if self._held(x, ts)]
+        if not active or not held:
             return None
         series = {(x.service, x.name) for x in sigs}
         services = sorted({x.service for x in sigs if x.service})
@@ -260,7 +276,7 @@ class Correlator:
             return (f"{len(series)} anomalous series in {', '.join(services)} within "
                     f"{max(x.ts for x in sigs) - min(x.ts for x in sigs):.0f} s "
                     f"(at least {s.min_signals} needed)")
-        strong = max(active, key=lambda x: x.score)
+        strong = max(held, key=lambda x: x.score)
         if strong.score >= s.strong_score:
             return f"one strong signal: {self._describe(strong)} (score {strong.score:.2f} >= {s.strong_score})"
         lasting = min(active, key=lambda x: x.ts)
@@ -270,8 +286,6 @@ class Correlator:
 
     def _refresh(self, inc: _Inc, ts: float, status: IncidentStatus | None = None) -> Incident | None:
         sigs = [self._signals[i] for i in inc.signal_ids if i in self._signals]
-        if any(x.active for x in sigs):
-            inc.last_activity = max(inc.last_activity, ts)  # a lasting fault keeps its incident joinable
         if status is None and sigs:
             ends = [x.end_ts for x in sigs]
             if all(e is not None for e in ends) and ts - max(e for e in ends if e is not None) >= \
