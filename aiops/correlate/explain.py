@@ -86,8 +86,8 @@ def _section(title: str, items: Iterable[str]) -> list[str]:
 
 def explain_state(state: Mapping[str, Any], incident_id: str) -> str:
     """Explain an incident from a state file: a correlator snapshot, alone or under ``correlator``."""
-    snap = state.get("correlator", state)
-    if not isinstance(snap, Mapping) or "incidents" not in snap:
+    snap = _find_correlator(state)
+    if snap is None:
         raise ExplainError("the state holds no correlator snapshot")
     for inc in snap["incidents"]:
         if inc.get("id") == incident_id:
@@ -101,10 +101,43 @@ def explain_state(state: Mapping[str, Any], incident_id: str) -> str:
     raise ExplainError(f"no incident {incident_id!r} in the state (known: {', '.join(known[:20]) or 'none'})")
 
 
+def _find_correlator(state: Any, depth: int = 0) -> Mapping[str, Any] | None:
+    """The correlator snapshot inside a pipeline state: under ``correlator`` or wherever it nests."""
+    if not isinstance(state, Mapping) or depth > 3:
+        return None
+    if isinstance(state.get("incidents"), list) and "topology" in state:
+        return state
+    if "correlator" in state:
+        found = _find_correlator(state["correlator"], depth + 1)
+        if found is not None:
+            return found
+    for value in state.values():
+        found = _find_correlator(value, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _read_state(path: Path) -> Any:
+    """A checkpoint file (``aiops-checkpoint/N`` envelope) or a plain JSON snapshot."""
+    data = path.read_bytes()
+    if data.startswith(b"aiops-checkpoint/"):
+        from aiops.state.envelope import CheckpointError, decode
+
+        try:
+            return decode(data).state
+        except CheckpointError as exc:
+            raise ExplainError(f"{path}: {exc}") from None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ExplainError(f"{path}: neither a checkpoint nor JSON: {exc}") from None
+
+
 def explain_file(incident_id: str, replay_out: Path | None = None, state: Path | None = None) -> str:
     """The CLI's entry: explain from a replay output file or a state file."""
     if replay_out is not None:
         return explain_records(read_jsonl(replay_out), incident_id)
     if state is not None:
-        return explain_state(json.loads(state.read_text(encoding="utf-8")), incident_id)
+        return explain_state(_read_state(state), incident_id)
     raise ExplainError("give --replay-out FILE or --state FILE")

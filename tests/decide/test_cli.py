@@ -39,3 +39,25 @@ def test_explain_from_replay_output(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "2 anomalous series in db" in text and "deploy v2" in text and "mail:" in text and "rollback" in text
     assert main(["explain", "inc-8", "--replay-out", str(out)]) == 1
     assert "inc-7" in capsys.readouterr().err
+
+
+def test_explain_from_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import structlog
+
+    from aiops.config import CorrelateSettings
+    from aiops.correlate.correlator import Correlator
+    from aiops.correlate.topology import Topology
+    from aiops.records import Signal, SignalKind
+    from aiops.state.envelope import Checkpoint, encode
+
+    c = Correlator(CorrelateSettings(), Topology.from_mapping({"web": ["db"]}),
+                   logger=structlog.wrap_logger(structlog.ReturnLogger()))
+    for i, svc in enumerate(["db", "web"]):
+        c.on_signal(Signal(id=str(i), ts=100.0 + 15 * i, kind=SignalKind.METRIC, service=svc,
+                           name="http_requests_total:error_ratio", score=0.9, direction="up"))
+    opened = [inc for t in range(100, 400, 15) for inc in c.tick(float(t))]
+    state = tmp_path / "state.ckpt"
+    state.write_bytes(encode(Checkpoint(state={"stages": {"correlator": c.snapshot()}}, created_event_ts=400.0)))
+    assert main(["explain", opened[0].id, "--state", str(state)]) == 0
+    text = capsys.readouterr().out
+    assert "anomalous series in db, web" in text and "#1 db" in text
