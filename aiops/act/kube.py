@@ -154,7 +154,7 @@ class KubeActuator:
         try:
             scale = await read(name, ns, _request_timeout=self.timeout_s)
             current = int(scale.spec.replicas or 0)
-            want = scale_target(current, rule.step, rule.max_replicas)
+            want = scale_target(current, _step(ex, rule.step), rule.max_replicas)
             if want is None:
                 return ActResult(ActionOutcome.REFUSED, f"max_replicas: {where} already has {current} replicas "
                                                         f"(max {rule.max_replicas})")
@@ -187,6 +187,15 @@ class KubeActuator:
             return ActResult(ActionOutcome.FAILED, f"kubernetes: {where}: {_describe(exc)}")
         return ActResult(ActionOutcome.DONE, f"rolled back {where} from revision {old} to {new}",
                          (("revision_before", str(old)), ("revision_after", str(new))))
+
+
+def _step(ex: Execution, configured: int) -> int:
+    # The decide rule may ask for a smaller step ("+1"); it may never exceed the configured one.
+    try:
+        asked = int(dict(ex.action.params).get("step", "").lstrip("+"))
+    except ValueError:
+        return configured
+    return max(1, min(asked, configured))
 
 
 def _describe(exc: BaseException) -> str:

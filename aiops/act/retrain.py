@@ -45,8 +45,10 @@ from aiops.records import ActionOutcome, SignalKind
 def retrain_request(ex: Execution, data_window_s: float) -> dict[str, Any]:
     """The JSON request every backend sends: what to retrain, why, and on which data."""
     svc = target_service(ex.action.target)
-    drift = [s for s in ex.incident.signals if s.kind is SignalKind.DRIFT and s.service == svc] or \
-        [s for s in ex.incident.signals if s.kind is SignalKind.DRIFT]
+    drift = ([s for s in ex.incident.signals if s.kind is SignalKind.DRIFT and s.service == svc]
+             or [s for s in ex.incident.signals if s.kind is SignalKind.DRIFT]
+             # metric-detected model decay (model_* gauges) is evidence too when no drift monitor runs
+             or [s for s in ex.incident.signals if s.service == svc and s.name.startswith("model_")])
     model = (dict(ex.action.params).get("model") or dict(ex.action.target).get("model")
              or next((dict(s.labels).get("model") for s in drift if dict(s.labels).get("model")), None)
              or (drift[0].name.split(":", 1)[0] if drift else svc))

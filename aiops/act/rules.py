@@ -66,7 +66,8 @@ _DEFAULT_PRECONDITIONS: dict[str, Preconditions] = {
     "scale_up": Preconditions(signal_kinds=("metric",)),
     # `rollout undo` is only right when the service's own deploy is the best explanation.
     "rollback": Preconditions(top_root_cause=True, deploy_within_s=1800.0),
-    "retrain": Preconditions(signal_kinds=("drift",)),
+    # A drift signal, or a model-quality metric (model_*) the metric detector flagged.
+    "retrain": Preconditions(signal_kinds=("drift", "metric"), signal_names=("_drift$", "^model_")),
 }
 
 

@@ -81,6 +81,17 @@ async def test_scale_up_never_exceeds_max_replicas(double: KubeDouble, tmp_path:
     await close(ex)
 
 
+async def test_decided_step_is_honoured_but_capped_by_the_guard_config(double: KubeDouble, tmp_path: Path) -> None:
+    from dataclasses import replace
+    double.add_deployment(deployment("checkout", "shop", replicas=1))
+    ex = await executor(double, tmp_path)
+    (out,) = await ex.on_incident(incident("a"), [replace(planned(iid="a"), params=(("step", "+1"),))], T0)
+    assert out.reason.endswith("from 1 to 2 replicas")
+    (out,) = await ex.on_incident(incident("b"), [replace(planned(iid="b"), params=(("step", "+7"),))], T0)
+    assert out.reason.endswith("from 2 to 4 replicas")  # configured step 2
+    await close(ex)
+
+
 async def test_scale_up_statefulset_from_workload_mapping(double: KubeDouble, tmp_path: Path) -> None:
     sts = deployment("pg", "data", replicas=1)
     sts["kind"] = "StatefulSet"

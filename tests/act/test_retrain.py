@@ -160,5 +160,6 @@ async def test_retrain_refused_without_drift_signal(tmp_path: Path) -> None:
         ex = Executor(ActionCore(rules, ledger.book, dry_run=False), ledger,
                       {"retrain": RetrainActuator(rules, producer=producer)})
         (out,) = await ex.on_incident(incident(service="ranker"), [planned("retrain", "ranker")], T0)
-    assert out.outcome is ActionOutcome.REFUSED and out.reason == "precondition: no active drift signal on ranker"
+    assert out.outcome is ActionOutcome.REFUSED
+    assert out.reason == "precondition: no active drift/metric signal matching ['_drift$', '^model_'] on ranker"
     assert producer.sent == []
