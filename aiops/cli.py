@@ -48,6 +48,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiops.runtime.live import run_command
+
+    return run_command(_settings(args), out=args.out, kafka=not args.no_kafka, step_s=args.step)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from aiops.scenario.record import record_command
+
+    return record_command(args, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiops", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file (env AIOPS_* overrides it)")
@@ -70,6 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--replay-out", type=Path, default=None, help="a replay output file (JSON lines)")
     src.add_argument("--state", type=Path, default=None, help="a state file holding a correlator snapshot")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("run", help="the live daemon: Kafka / remote-write / PromQL in, alerts out, until SIGTERM")
+    p.add_argument("--out", type=Path, default=None, help="also append decisions as JSON lines here")
+    p.add_argument("--no-kafka", action="store_true", help="do not consume Kafka (remote-write / poller only)")
+    p.add_argument("--step", type=float, default=None, help="alignment step in seconds (default: runtime.step_s)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("record", help="capture a time range of live telemetry into a scenario directory")
+    p.add_argument("--from", dest="source", choices=["kafka", "prometheus"], default="kafka")
+    p.add_argument("--start", required=True, help="unix seconds or ISO 8601 (inclusive)")
+    p.add_argument("--end", required=True, help="unix seconds or ISO 8601 (exclusive)")
+    p.add_argument("--out", type=Path, required=True, help="scenario directory to write")
+    p.add_argument("--name", default=None, help="scenario name (default: the directory name)")
+    p.add_argument("--description", default=None)
+    p.add_argument("--step", type=float, default=None, help="scrape step to record in scenario.yaml")
+    p.add_argument("--query", action="append", default=None, help="PromQL selector (prometheus; repeatable)")
+    p.add_argument("--expect-from", type=Path, default=None,
+                   help="decisions (JSON lines of `aiops run --out`) whose incidents become the expect block")
+    p.set_defaults(func=cmd_record)
     return parser
 
 
