@@ -97,7 +97,11 @@ def issue_signals(table: Table, base: dict[tuple[str, str, str], Baseline], thre
     and the normal-operation file only the spread.
     """
     signals = []
-    before = [i for i, ts in enumerate(table.times) if ts < symptom_ts]
+    step = min((b - a for a, b in zip(table.times, table.times[1:], strict=False)), default=300.0)
+    # Rows well before the symptom are the recent past; the issue starts within a step of it.
+    before = [i for i, ts in enumerate(table.times) if ts < symptom_ts - step]
+    if not before:
+        before = [i for i, ts in enumerate(table.times) if ts < symptom_ts]
     for j, col in enumerate(table.columns):
         b = base.get(col)
         if b is None:
@@ -108,9 +112,9 @@ def issue_signals(table: Table, base: dict[tuple[str, str, str], Baseline], thre
         node, metric, stat = col
         bad = BAD_DIRECTION.get(metric, "both")
         onset, peak, direction = None, 0.0, ""
-        for ts, row in zip(table.times, table.rows, strict=True):
+        for i, (ts, row) in enumerate(zip(table.times, table.rows, strict=True)):
             v = row[j]
-            if math.isnan(v):
+            if math.isnan(v) or i in before:
                 continue
             z = (v - b.median) / b.scale
             d = "up" if z > 0 else "down"
@@ -129,11 +133,31 @@ def issue_signals(table: Table, base: dict[tuple[str, str, str], Baseline], thre
     return signals
 
 
+def incident_of(signals: list[Signal], topo: Topology, symptom: str) -> list[Signal]:
+    """The signals the correlator would group with the symptom: its anomalous, connected neighbourhood.
+
+    Signals join an incident when their service is adjacent to one already in it, so the incident
+    around the symptom is the connected component of anomalous nodes that contains it.
+    """
+    anomalous = {s.service for s in signals if s.service}
+    component = {symptom}
+    frontier = [symptom]
+    while frontier:
+        node = frontier.pop()
+        for other in sorted(anomalous - component):
+            if topo.adjacent(node, other):
+                component.add(other)
+                frontier.append(other)
+    return [s for s in signals if s.service in component]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/petshop/dataset/low_traffic"))
     ap.add_argument("--threshold", type=float, default=5.0, help="robust z a series must reach to be a signal")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--all-signals", action="store_true",
+                    help="rank every anomalous node, not only those connected to the symptom (as grouped)")
     args = ap.parse_args()
 
     topo = read_graph(args.data / "graph.csv")
@@ -151,6 +175,8 @@ def main() -> int:
         table = read_table(d / "metrics.csv")
         step = min((b - a for a, b in zip(table.times, table.times[1:], strict=False)), default=300.0)
         sigs = issue_signals(table, base, args.threshold, float(target["target"]["timestamp"]))
+        if not args.all_signals:
+            sigs = incident_of(sigs, topo, target["target"]["node"])
         causes, lines = rank_causes(sigs, [], topo, tolerance_s=step / 2, max_causes=10)
         ranking = [c.service for c in causes]
         strongest: dict[str, float] = {}

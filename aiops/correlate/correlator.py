@@ -79,6 +79,7 @@ class _Inc:
     left_out: list[str] = field(default_factory=list)
     ranking_lines: list[str] = field(default_factory=list)
     services_seen: list[str] = field(default_factory=list)
+    rank_cache: tuple[Any, list[RootCause]] | None = None  # not persisted: recomputed after a restore
 
     @property
     def live(self) -> bool:
@@ -136,6 +137,8 @@ class Correlator:
             inc = self._live_match(self._signals[sid])
             if inc is None:
                 self._pending.append(sid)
+                self._note_left_out(sid, "its service is not connected to the incident's services in the "
+                                         "topology, or its onset is too far from theirs")
             else:
                 self._join(inc, sid)
         out.extend(self._open_from_pending(ts))
@@ -192,7 +195,9 @@ class Correlator:
         for sid in self._pending:
             sig = self._signals[sid]
             if sig.ts < ts - s.window_s and not sig.active:
-                continue  # too old to join anything: it was noise
+                # too old to join anything: it was noise
+                self._note_left_out(sid, "expired without enough evidence for an incident of its own")
+                continue
             alive.append(sid)
         self._pending = alive
         if not alive:
@@ -223,15 +228,15 @@ class Correlator:
             for sid in ordered:
                 self._join(inc, sid)
             self._incidents[inc.id] = inc
+            for sid in self._pending:
+                if sid not in members:
+                    self._note_left_out(sid, "pending when the incident opened: its service is not connected "
+                                             "to the incident's in the topology, or its onset is too far apart")
             rec = self._refresh(inc, ts, status=IncidentStatus.OPEN)
             assert rec is not None
             self._log.info("incident_opened", incident_id=inc.id, services=list(rec.services),
                            root_cause=rec.root_causes[0].service if rec.root_causes else None)
             out.append(rec)
-        # signals still pending are noted as left out of the incidents live around them
-        for sid in self._pending:
-            self._note_left_out(sid, "not connected to its services in the topology, "
-                                     "and not enough evidence to open an incident of its own")
         return out
 
     def _held(self, sig: Signal, ts: float) -> bool:
@@ -240,27 +245,36 @@ class Correlator:
         return end - sig.ts >= self.settings.open_hold_s
 
     def _components(self, sids: Sequence[str]) -> list[list[str]]:
-        """Union-find over pending signals: same / related service, onsets within the window."""
-        parent = list(range(len(sids)))
+        """Group pending signals: one bucket per service, buckets joined when related and close in time.
 
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
+        Bucketing first keeps a storm (hundreds of series of one service) linear in the number
+        of signals; only the services are compared pairwise.
+        """
+        buckets: dict[str, list[str]] = {}
+        for sid in sids:
+            svc = self._signals[sid].service
+            if svc is not None:
+                buckets.setdefault(svc, []).append(sid)
+        names = sorted(buckets)
+        span = {n: (min(self._signals[x].ts for x in buckets[n]), max(self._signals[x].ts for x in buckets[n]))
+                for n in names}
+        parent = {n: n for n in names}
 
-        sigs = [self._signals[s] for s in sids]
-        for i in range(len(sids)):
-            for j in range(i + 1, len(sids)):
-                a, b = sigs[i], sigs[j]
-                if a.service is None or b.service is None:
-                    continue
-                if abs(a.ts - b.ts) <= self.settings.window_s and self.topology.related(a.service, b.service):
-                    parent[find(i)] = find(j)
-        groups: dict[int, list[str]] = {}
-        for i, sid in enumerate(sids):
-            if sigs[i].service is not None:
-                groups.setdefault(find(i), []).append(sid)
+        def find(n: str) -> str:
+            while parent[n] != n:
+                parent[n] = parent[parent[n]]
+                n = parent[n]
+            return n
+
+        w = self.settings.window_s
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                gap = max(span[a][0], span[b][0]) - min(span[a][1], span[b][1])
+                if gap <= w and self.topology.related(a, b):
+                    parent[find(a)] = find(b)
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(find(n), []).extend(buckets[n])
         return sorted(groups.values(), key=lambda g: min((self._signals[x].ts, x) for x in g))
 
     def _opening_reason(self, group: Sequence[str], ts: float) -> str | None:
@@ -304,15 +318,22 @@ class Correlator:
         first = min((x.ts for x in sigs), default=inc.opened_ts)
         lookback = self.settings.change_lookback_s
         changes = tuple(c for c in self._changes if first - lookback <= c.ts <= ts)
-        causes, lines = rank_causes(sigs, changes, self.topology, change_lookback_s=lookback,
-                                    tolerance_s=self.settings.onset_tolerance_s)
-        inc.ranking_lines = lines
+        # Ranking only changes with the evidence: skip it on the many steps that bring none.
+        key = (len(sigs), round(sum(x.score for x in sigs), 9), len(changes), len(self.topology))
+        if inc.rank_cache is not None and inc.rank_cache[0] == key:
+            causes = inc.rank_cache[1]
+        else:
+            causes, lines = rank_causes(sigs, changes, self.topology, change_lookback_s=lookback,
+                                        tolerance_s=self.settings.onset_tolerance_s)
+            inc.rank_cache = (key, causes)
+            inc.ranking_lines = lines
         services = tuple(sorted({x.service for x in sigs if x.service}))
         return Incident(
             id=inc.id, ts=ts, status=status, opened_ts=inc.opened_ts, services=services,
             root_causes=tuple(causes), severity=self._severity(sigs, services), signals=tuple(sigs),
             changes=changes,
-            explain=Explanation(opened=tuple(inc.opened_why), ranking=tuple(lines), left_out=tuple(inc.left_out)),
+            explain=Explanation(opened=tuple(inc.opened_why), ranking=tuple(inc.ranking_lines),
+                                left_out=tuple(inc.left_out)),
         )
 
     def _severity(self, sigs: Sequence[Signal], services: Sequence[str]) -> str:

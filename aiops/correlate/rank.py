@@ -84,6 +84,7 @@ class _Service:
     parts: dict[str, float] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
     observed: bool = True
+    strength: float = 0.0
 
     @property
     def score(self) -> float:
@@ -146,11 +147,14 @@ def rank_causes(
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
     max_breadth = max(len({sig.name for sig in s.signals}) for s in by_service.values())
 
+    for svc in by_service.values():
+        svc.strength = _strength(svc)
     for cand in _unobserved_candidates(anomalous, by_service, topology):
         by_service[cand.name] = cand
+    down = {name: topology.downstream(name) for name in by_service}
 
     for svc in by_service.values():
-        _score_service(svc, by_service, anomalous, t0, changes, topology, change_lookback_s, tolerance_s,
+        _score_service(svc, by_service, anomalous, t0, changes, topology, down, change_lookback_s, tolerance_s,
                        max_strength, max_breadth)
 
     ordered = sorted(by_service.values(), key=lambda s: (-s.score, s.onset, s.name))[:max_causes]
@@ -197,7 +201,7 @@ def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
 
 def _score_service(
     svc: _Service, by_service: dict[str, _Service], anomalous: set[str], t0: float,
-    changes: Sequence[ChangeEvent], topology: Topology, lookback_s: float, tol: float,
+    changes: Sequence[ChangeEvent], topology: Topology, down: dict[str, set[str]], lookback_s: float, tol: float,
     max_strength: float, max_breadth: int,
 ) -> None:
     name = svc.name
@@ -218,14 +222,14 @@ def _score_service(
     # Both are weighed by strength: a faint blip in a callee does not explain a loud caller,
     # and a root cause should account for the bulk of the anomaly mass, not for one noisy node.
     if topology.knows(name):
-        own = _strength(svc)
-        below = topology.downstream(name) & anomalous
+        own = svc.strength
+        below = down[name] & anomalous
         direct = set(topology.callees(name))
         blame: dict[str, float] = {}
         for c in below:
             if by_service[c].onset <= svc.onset + tol:
                 hop = 1.0 if c in direct else 0.8
-                blame[c] = hop * min(1.0, _strength(by_service[c]) / own) if own > 0 else hop
+                blame[c] = hop * min(1.0, by_service[c].strength / own) if own > 0 else hop
         worst = max(blame.values(), default=0.0)
         svc.parts["root_like"] = 1.0 - worst
         callees = topology.callees(name)
@@ -237,11 +241,11 @@ def _score_service(
             svc.evidence.append(f"its callees {', '.join(callees[:4])} look healthy" if not below
                                 else f"its anomalous callees {', '.join(sorted(below)[:4])} turned bad later "
                                 f"or only faintly")
-        above = [o for o in sorted(others) if name in topology.downstream(o)
+        above = [o for o in sorted(others) if name in down[o]
                  and by_service[o].onset >= svc.onset - tol]
-        mass = sum(_strength(by_service[o]) for o in others)
+        mass = sum(by_service[o].strength for o in others)
         if mass > 0:
-            svc.parts["explains"] = sum(_strength(by_service[o]) for o in above) / mass
+            svc.parts["explains"] = sum(by_service[o].strength for o in above) / mass
         if above:
             lags = [by_service[o].onset - svc.onset for o in above]
             svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {max(0.0, min(lags)):.0f}-"

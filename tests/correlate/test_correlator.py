@@ -234,3 +234,16 @@ def test_snapshot_roundtrip_gives_the_same_output() -> None:
 def test_bad_snapshot_version_is_refused() -> None:
     with pytest.raises(ValueError, match="version"):
         Correlator.from_snapshot({"version": 99}, CorrelateSettings())
+
+
+def test_a_storm_across_many_services_stays_fast() -> None:
+    import time
+
+    topo = {f"svc{i}": [f"svc{i + 1}"] for i in range(59)}
+    c = make(topo)
+    for i in range(3000):
+        c.on_signal(sig(f"s{i}", f"svc{i % 60}", T0 + (i % 45), name=f"m{i}:rate"))
+    started = time.perf_counter()
+    out = run(c, T0, T0 + 300)
+    assert time.perf_counter() - started < 5.0
+    assert len(opens(out)) == 1 and len(out[0].services) == 60
