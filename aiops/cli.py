@@ -60,6 +60,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     return record_command(args, _settings(args))
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from aiops.act.approve import approve_command
+
+    return approve_command(args, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiops", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file (env AIOPS_* overrides it)")
@@ -75,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-rules", help="validate rules/*.yaml; print OK or file:line errors")
     p.add_argument("--rules", type=Path, default=None, help="rules directory (default: settings rules_dir)")
     p.set_defaults(func=cmd_check_rules)
+
+    p = sub.add_parser("approve", help="approve a remediation waiting for approval (or --list the waiting ones)")
+    p.add_argument("action_id", nargs="?", help="the id shown in the planned action (act-...)")
+    p.add_argument("--by", default=None, help="who approves (default: the login name)")
+    p.add_argument("--list", action="store_true", help="list actions awaiting approval as JSON lines")
+    p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("explain", help="why an incident opened and how its root causes were ranked")
     p.add_argument("incident_id")

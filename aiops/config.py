@@ -56,6 +56,13 @@ class CorrelateSettings(BaseModel):
 
 class ActSettings(BaseModel):
     dry_run: bool = True
+    ledger_path: Path = Field(Path("state/actions.jsonl"), description="durable action ledger (JSON lines, fsynced)")
+    kubeconfig: Path | None = Field(None, description="None: the pod's service account, else ~/.kube/config")
+    kube_context: str | None = None
+    approve_token_file: Path | None = Field(
+        None, description="bearer token for POST /actions/ID/approve; None disables HTTP approval")
+    retrain_token_file: Path | None = Field(None, description="bearer token sent to the retrain pipeline endpoint")
+    tick_s: float = Field(5.0, gt=0, description="how often approvals, expiries and verifications are checked")
 
 
 class LogFieldSettings(BaseModel):

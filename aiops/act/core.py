@@ -154,6 +154,10 @@ class ActionCore:
                 why = f"expired: not approved within {rule.approval_ttl_s:.0f}s"
                 steps.append(Step(entries=(self._entry(now, t.action_id, action, ActionState.EXPIRED, why),),
                                   output=(self._out(now, action, ActionOutcome.REFUSED, why, dry_run=False),)))
+            elif t.state is ActionState.APPROVED and t.last_ts >= t.planned_ts + rule.approval_ttl_s:
+                why = f"expired: approved by {t.approved_by} after the {rule.approval_ttl_s:.0f}s approval window"
+                steps.append(Step(entries=(self._entry(now, t.action_id, action, ActionState.EXPIRED, why),),
+                                  output=(self._out(now, action, ActionOutcome.REFUSED, why, dry_run=False),)))
             elif t.state is ActionState.APPROVED:
                 steps.append(self._run_approved(t, action, now))
             elif t.state is ActionState.DONE and t.done_ts is not None and now > t.done_ts + self._verify_s(t):
