@@ -19,7 +19,8 @@ from .kube_double import KubeDouble, deployment, write_kubeconfig
 from .support import T0, incident, planned, signal
 
 REPO = Path(__file__).resolve().parents[2]
-PATH = re.compile(r"^/apis/(?P<group>[^/]+)/v1/namespaces/[^/]+/(?P<resource>[a-z]+)(?:/[^/]+(?:/(?P<sub>[a-z]+))?)?$")
+PATH = re.compile(r"^/apis/(?P<group>[^/]+)/v1/namespaces/[^/]+/(?P<resource>[a-z]+)"
+                  r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
 
 
 def granted() -> set[tuple[str, str, str]]:
@@ -39,8 +40,7 @@ def verb_of(method: str, path: str) -> tuple[str, str, str]:
     m = PATH.match(path)
     assert m, path
     resource = m["resource"] + (f"/{m['sub']}" if m["sub"] else "")
-    named = path.rstrip("/").count("/") > 5
-    verb = {"GET": "get" if named else "list", "PATCH": "patch", "POST": "create"}[method]
+    verb = {"GET": "get" if m["name"] else "list", "PATCH": "patch", "POST": "create"}[method]
     return m["group"], resource, verb
 
 
