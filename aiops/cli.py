@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiops.config import ConfigError, Settings, load_settings
 from aiops.observe.logging import configure
+from aiops.scenario.gen_args import add_generate_arguments
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -58,6 +59,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     from aiops.scenario.record import record_command
 
     return record_command(args, _settings(args))
+
+
+def cmd_scenario_generate(args: argparse.Namespace) -> int:
+    from aiops.scenario.generate import generate_command
+
+    return generate_command(args)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -113,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-from", type=Path, default=None,
                    help="decisions (JSON lines of `aiops run --out`) whose incidents become the expect block")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("scenario", help="scenario tools")
+    scenario_sub = p.add_subparsers(dest="scenario_command", required=True)
+    p = scenario_sub.add_parser("generate", help="write a seeded synthetic incident scenario (see scenarios/README.md)")
+    add_generate_arguments(p)
+    p.set_defaults(func=cmd_scenario_generate)
     return parser
 
 
