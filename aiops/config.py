@@ -47,10 +47,9 @@ class CorrelateSettings(BaseModel):
     flap_window_s: float = Field(1800.0, ge=0, description="a re-fire within this time re-opens the incident")
     change_lookback_s: float = Field(1800.0, ge=0, description="changes this long before onset count as suspects")
     min_signals: int = Field(2, ge=1, description="signals needed to open an incident (unless one is severe)")
-    strong_score: float = Field(0.95, description="a signal scoring at least this opens an incident alone")
-    persist_s: float = Field(120.0, ge=0, description="a lone signal active this long opens an incident")
-    open_hold_s: float = Field(90.0, ge=0, description="an incident opens only once one of its signals lasted this "
-                               "long (longer than a detector blip: anomalous steps + recover steps)")
+    persist_s: float = Field(300.0, ge=0, description="a lone symptom active this long opens an incident")
+    open_hold_s: float = Field(180.0, ge=0, description="an incident opens only once a symptom lasted this long "
+                               "(longer than a transient: a burst or spike of a minute or two)")
     onset_tolerance_s: float = Field(30.0, ge=0, description="onsets this close count as simultaneous in ranking")
 
 
@@ -75,6 +74,28 @@ class LogFieldSettings(BaseModel):
         "kubernetes.container_name", "kubernetes.container.name"])
     level: list[str] = Field(default_factory=lambda: ["level", "severity", "log.level", "lvl", "levelname"])
     message: list[str] = Field(default_factory=lambda: ["message", "log", "msg"])
+
+
+class DriftSettings(BaseModel):
+    """How drift is measured; one set for every model."""
+
+    reference_size: int = Field(1000, ge=20, description="predictions of a model version that form its reference")
+    window_s: float = Field(900.0, gt=0, description="the current window compared with the reference")
+    min_window: int = Field(200, ge=10, description="predictions the window needs before it is judged")
+    eval_every_s: float = Field(60.0, gt=0)
+    bins: int = Field(10, ge=2, description="quantile bins of numeric features for PSI")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI at or above this (and p < alpha) is drift")
+    psi_clear: float = Field(0.1, gt=0, description="drift ends when every PSI is below this")
+    alpha: float = Field(0.01, gt=0, lt=1, description="KS / chi-square p-value needed to call drift")
+    onset_evals: int = Field(2, ge=1)
+    clear_evals: int = Field(2, ge=1)
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    error_margin: float = Field(0.05, ge=0, description="error above the reference error by this is decay")
+    min_labels: int = Field(100, ge=10, description="labelled predictions the window needs to judge its error")
+    max_window: int = Field(20000, ge=100, description="the window keeps at most this many predictions")
+    max_pending_labels: int = Field(100_000, ge=0, description="predictions remembered for a late label")
+    max_models: int = Field(1000, ge=1)
+    predictions_topic: str | None = Field(None, description="Kafka topic of the prediction log; None: no monitor")
 
 
 class KafkaSettings(BaseModel):
@@ -159,6 +180,7 @@ class Settings(BaseSettings):
     logs: LogSettings = Field(default_factory=LogSettings)
     correlate: CorrelateSettings = Field(default_factory=CorrelateSettings)
     act: ActSettings = Field(default_factory=ActSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)

@@ -168,7 +168,7 @@ async def _build_actuators(settings: Settings, rules: ActionRules, live: set[str
 
             from aiops.sources.kafka import kafka_client_kwargs
 
-            producer = AIOKafkaProducer(**kafka_client_kwargs(settings.kafka), enable_idempotence=True)
+            producer = AIOKafkaProducer(**kafka_client_kwargs(settings.kafka), acks="all")  # consumers dedupe by key
             await producer.start()
             closers.append(producer.stop)
         out["retrain"] = RetrainActuator(rules, session=session, producer=producer, api=api,

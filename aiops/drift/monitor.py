@@ -38,37 +38,17 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, Field
 from river import drift as river_drift
 from scipy import stats as scipy_stats
 
+from aiops.config import DriftSettings
 from aiops.drift import stats
 from aiops.drift.records import PredictionRecord, Value
 from aiops.records import Signal, SignalKind
 
 PREDICTION = "__prediction__"
 KINDS = ("data", "prediction", "concept", "performance")
-
-
-class DriftSettings(BaseModel):
-    """How drift is measured; one set for every model."""
-
-    reference_size: int = Field(1000, ge=20, description="predictions of a model version that form its reference")
-    window_s: float = Field(900.0, gt=0, description="the current window compared with the reference")
-    min_window: int = Field(200, ge=10, description="predictions the window needs before it is judged")
-    eval_every_s: float = Field(60.0, gt=0)
-    bins: int = Field(10, ge=2, description="quantile bins of numeric features for PSI")
-    psi_threshold: float = Field(0.2, gt=0, description="PSI at or above this (and p < alpha) is drift")
-    psi_clear: float = Field(0.1, gt=0, description="drift ends when every PSI is below this")
-    alpha: float = Field(0.01, gt=0, lt=1, description="KS / chi-square p-value needed to call drift")
-    onset_evals: int = Field(2, ge=1)
-    clear_evals: int = Field(2, ge=1)
-    adwin_delta: float = Field(0.002, gt=0, lt=1)
-    error_margin: float = Field(0.05, ge=0, description="error above the reference error by this is decay")
-    min_labels: int = Field(100, ge=10, description="labelled predictions the window needs to judge its error")
-    max_window: int = Field(20000, ge=100, description="the window keeps at most this many predictions")
-    max_pending_labels: int = Field(100_000, ge=0, description="predictions remembered for a late label")
-    max_models: int = Field(1000, ge=1)
+__all__ = ["DriftMonitor", "DriftSettings", "KINDS"]
 
 
 @dataclass

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from aiops.act.core import ActionCore, Execution
 from aiops.act.executor import Executor
@@ -16,6 +20,7 @@ from aiops.act.ledger import Ledger
 from aiops.act.retrain import RetrainActuator
 from aiops.act.rules import load_action_rules, parse_action_rules
 from aiops.records import ActionOutcome, Alert, Signal, SignalKind
+from tests.integration.conftest import kafka_bootstrap  # noqa: F401  (the broker fixture)
 
 from .kube_double import KubeDouble, free_port, write_kubeconfig
 from .support import T0, incident, planned, signal
@@ -109,6 +114,28 @@ async def test_kafka_message(tmp_path: Path) -> None:
     (topic, value, key), = producer.sent
     body = json.loads(value)
     assert topic == "ml.retrain" and key.decode() == body["action_id"] and body["model"] == "ranker"
+
+
+@pytest.mark.integration
+async def test_kafka_message_on_a_real_broker(tmp_path: Path, kafka_bootstrap: str) -> None:  # noqa: F811
+    topic = f"retrain-{uuid.uuid4().hex[:8]}"
+    text = f"actions: {{retrain: {{dry_run: false}}}}\nretrain: {{backend: kafka, topic: {topic}}}\n"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        (out,) = await run(RetrainActuator(parse_action_rules(text), producer=producer), text, tmp_path)
+    finally:
+        await producer.stop()
+    assert out.outcome is ActionOutcome.DONE
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    body = json.loads(msg.value)
+    assert body["model"] == "ranker" and msg.key.decode() == body["action_id"]
+    assert body["drift"]["evidence"] == [DRIFT.evidence[0]]
 
 
 async def test_kubernetes_job_from_template(tmp_path: Path) -> None:
