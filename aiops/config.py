@@ -47,10 +47,9 @@ class CorrelateSettings(BaseModel):
     flap_window_s: float = Field(1800.0, ge=0, description="a re-fire within this time re-opens the incident")
     change_lookback_s: float = Field(1800.0, ge=0, description="changes this long before onset count as suspects")
     min_signals: int = Field(2, ge=1, description="signals needed to open an incident (unless one is severe)")
-    strong_score: float = Field(0.95, description="a signal scoring at least this opens an incident alone")
-    persist_s: float = Field(120.0, ge=0, description="a lone signal active this long opens an incident")
-    open_hold_s: float = Field(90.0, ge=0, description="an incident opens only once one of its signals lasted this "
-                               "long (longer than a detector blip: anomalous steps + recover steps)")
+    persist_s: float = Field(300.0, ge=0, description="a lone symptom active this long opens an incident")
+    open_hold_s: float = Field(180.0, ge=0, description="an incident opens only once a symptom lasted this long "
+                               "(longer than a transient: a burst or spike of a minute or two)")
     onset_tolerance_s: float = Field(30.0, ge=0, description="onsets this close count as simultaneous in ranking")
 
 

@@ -4,9 +4,10 @@ Grouping is by time, service and topology, in the manner of Alertmanager's group
 call graph: a new signal joins a live incident when its service is one of the incident's
 services or adjacent to one of them in the :class:`~aiops.correlate.topology.Topology`, and
 its onset is within ``window_s`` of the incident's latest activity. Signals that join nothing
-wait in a pending pool; a group of related pending signals opens an incident once it holds
-``min_signals`` distinct series (or one signal is strong: ``score >= strong_score``, or has
-stayed active ``persist_s``) and at least one of them is still active.
+wait in a pending pool; a group of related pending signals opens an incident once a symptom
+in it (errors, latency, unavailability, restarts, model degradation: see
+:mod:`aiops.correlate.symptoms`) has lasted ``open_hold_s`` and the group holds ``min_signals``
+distinct series (or the symptom alone has lasted ``persist_s``).
 
 Lifecycle, as seen in the records :meth:`Correlator.tick` returns:
 
@@ -42,6 +43,7 @@ import structlog
 
 from aiops.config import CorrelateSettings
 from aiops.correlate.rank import hms, rank_causes
+from aiops.correlate.symptoms import is_symptom
 from aiops.correlate.topology import Topology
 from aiops.records import (
     ChangeEvent,
@@ -278,24 +280,29 @@ class Correlator:
         return sorted(groups.values(), key=lambda g: min((self._signals[x].ts, x) for x in g))
 
     def _opening_reason(self, group: Sequence[str], ts: float) -> str | None:
+        """Why this group of pending signals makes an incident now, or None.
+
+        It needs a symptom (:mod:`aiops.correlate.symptoms`) from metrics or model drift that
+        is still active and has lasted ``open_hold_s`` (Prometheus' ``for:``: transients and
+        one-step spikes end sooner), and then either ``min_signals`` distinct series in the
+        group (corroboration by other series, services or logs) or that symptom alone lasting
+        ``persist_s`` as well. Logs corroborate but never open an incident alone.
+        """
         s = self.settings
         sigs = [self._signals[g] for g in group]
-        active = [x for x in sigs if x.active]
-        held = [x for x in sigs if self._held(x, ts)]
-        if not active or not held:
+        held = sorted((x for x in sigs if x.active and x.kind is not SignalKind.LOG and is_symptom(x)
+                       and self._held(x, ts)), key=lambda x: (x.ts, -x.score))
+        if not held:
             return None
+        lead = held[0]
         series = {(x.service, x.name) for x in sigs}
         services = sorted({x.service for x in sigs if x.service})
+        lasted = f"{self._describe(lead)} lasting {ts - lead.ts:.0f} s (>= {s.open_hold_s:.0f} s)"
         if len(series) >= s.min_signals:
-            return (f"{len(series)} anomalous series in {', '.join(services)} within "
-                    f"{max(x.ts for x in sigs) - min(x.ts for x in sigs):.0f} s "
-                    f"(at least {s.min_signals} needed)")
-        strong = max(held, key=lambda x: x.score)
-        if strong.score >= s.strong_score:
-            return f"one strong signal: {self._describe(strong)} (score {strong.score:.2f} >= {s.strong_score})"
-        lasting = min(active, key=lambda x: x.ts)
-        if ts - lasting.ts >= s.persist_s:
-            return f"one signal active for {ts - lasting.ts:.0f} s (>= {s.persist_s:.0f} s): {self._describe(lasting)}"
+            return (f"symptom {lasted}, with {len(series)} anomalous series in {', '.join(services)} within "
+                    f"{max(x.ts for x in sigs) - min(x.ts for x in sigs):.0f} s (at least {s.min_signals} needed)")
+        if ts - lead.ts >= s.persist_s:
+            return f"symptom {lasted}, alone but for {ts - lead.ts:.0f} s (>= {s.persist_s:.0f} s)"
         return None
 
     def _refresh(self, inc: _Inc, ts: float, status: IncidentStatus | None = None) -> Incident | None:

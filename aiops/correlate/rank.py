@@ -138,10 +138,13 @@ def rank_causes(
     if not by_service:
         return [], []
     for svc in by_service.values():
-        # A service's onset is when its main trouble began: a faint early blip among loud
-        # signals is as likely noise as a precursor, and onset order is the strongest cue.
-        loud = max(s.score for s in svc.signals) * ONSET_SHARE
-        svc.onset = min(s.ts for s in svc.signals if s.score >= loud)
+        # A service's onset is when its measured behaviour changed: its metric (or drift) signals
+        # when it has any, since log templates come and go with traffic; and among those the loud
+        # ones, since a faint early blip is as likely noise as a precursor, and onset order is the
+        # strongest cue of all.
+        measured = [s for s in svc.signals if s.kind is not SignalKind.LOG] or svc.signals
+        loud = max(s.score for s in measured) * ONSET_SHARE
+        svc.onset = min(s.ts for s in measured if s.score >= loud)
     t0 = min(s.onset for s in by_service.values())
     anomalous = set(by_service)
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0

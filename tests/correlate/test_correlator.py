@@ -25,6 +25,8 @@ def sig(sid: str, svc: str, ts: float, name: str = "http_requests_total:error_ra
 
 
 def make(topology: dict[str, list[str]] | None = None, **kw: float) -> Correlator:
+    # Timings the tests are written against, independent of the defaults' tuning.
+    kw = {"open_hold_s": 60.0, "persist_s": 120.0} | kw
     return Correlator(CorrelateSettings(**kw), Topology.from_mapping(topology if topology is not None else TOPO),
                       logger=QUIET)
 
@@ -65,7 +67,7 @@ def test_unrelated_services_open_separate_incidents() -> None:
 def test_a_storm_of_series_in_one_service_is_one_incident() -> None:
     c = make()
     for i in range(200):
-        c.on_signal(sig(f"s{i}", "checkout", T0 + (i % 60), name=f"m{i}:rate", score=0.5 + (i % 7) / 20))
+        c.on_signal(sig(f"s{i}", "checkout", T0 + (i % 60), name=f"m{i}:p99", score=0.5 + (i % 7) / 20))
     out = run(c, T0, T0 + 75)
     out += run(c, T0 + 90, T0 + 300)
     assert len(opens(out)) == 1
@@ -118,12 +120,12 @@ def test_resolves_after_calm_and_flap_reopens_same_id() -> None:
 def test_refire_after_the_flap_window_is_a_new_incident() -> None:
     c = make(resolve_after_s=300.0, flap_window_s=600.0)
     c.on_signal(sig("a", "checkout", T0, end=T0 + 100))
-    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
     first = run(c, T0, T0 + 120)
-    c.on_signal(sig("b", "checkout", T0, name="x:p99", end=T0 + 120))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99", end=T0 + 120))
     first += run(c, T0 + 135, T0 + 600)
     c.on_signal(sig("c", "checkout", T0 + 2000))
-    c.on_signal(sig("d", "checkout", T0 + 2000, name="x:p99"))
+    c.on_signal(sig("d", "checkout", T0 + 2000, name="http_request_duration_seconds:p99"))
     later = run(c, T0 + 2010, T0 + 2200)
     assert len(opens(later)) == 1 and opens(later)[0].id != first[0].id
 
@@ -131,7 +133,7 @@ def test_refire_after_the_flap_window_is_a_new_incident() -> None:
 def test_update_only_when_conclusion_changes() -> None:
     c = make()
     c.on_signal(sig("a", "checkout", T0))
-    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
     out = run(c, T0, T0 + 300)
     assert [r.status for r in out] == [IncidentStatus.OPEN]
     c.on_signal(sig("c", "checkout", T0 + 310, name="y:rate"))  # same service, same ranking
@@ -144,7 +146,7 @@ def test_update_only_when_conclusion_changes() -> None:
 def test_callee_first_beats_caller() -> None:
     c = make()
     c.on_signal(sig("f", "frontend", T0 + 30, score=0.99))
-    c.on_signal(sig("f2", "frontend", T0 + 30, name="x:p99", score=0.99))
+    c.on_signal(sig("f2", "frontend", T0 + 30, name="http_request_duration_seconds:p99", score=0.99))
     c.on_signal(sig("p", "postgres", T0, score=0.6))
     c.on_signal(sig("k", "checkout", T0 + 15, score=0.7))
     out = run(c, T0, T0 + 150)
@@ -162,7 +164,7 @@ def test_deploy_before_onset_boosts_the_changed_service() -> None:
                             attrs=(("previous_version", "v1.0"), ("version", "v1.1"))))
     for svc in ("checkout", "catalog"):
         c.on_signal(sig(f"{svc}a", svc, T0, score=0.9 if svc == "checkout" else 0.7))
-        c.on_signal(sig(f"{svc}b", svc, T0, name="x:p99"))
+        c.on_signal(sig(f"{svc}b", svc, T0, name="http_request_duration_seconds:p99"))
     c.on_signal(sig("f", "frontend", T0 + 30))
     out = run(c, T0, T0 + 150)
     top = out[-1].root_causes[0]
@@ -181,8 +183,8 @@ def test_unobserved_common_callee_is_a_candidate() -> None:
 
 def test_severity_critical_when_entry_errors() -> None:
     c = make()
-    c.on_signal(sig("a", "checkout", T0, name="x:p99"))
-    c.on_signal(sig("b", "checkout", T0, name="y:p99"))
+    c.on_signal(sig("a", "checkout", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p90"))
     first = run(c, T0, T0 + 90)
     assert first[0].severity == "warning"
     c.on_signal(sig("f", "frontend", T0 + 100))
@@ -193,7 +195,7 @@ def test_severity_critical_when_entry_errors() -> None:
 def test_left_out_signals_are_explained() -> None:
     c = make()
     c.on_signal(sig("a", "checkout", T0))
-    c.on_signal(sig("b", "checkout", T0, name="x:p99"))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
     c.on_signal(sig("m", "smtp", T0 + 20, score=0.5, end=T0 + 95))  # unrelated blip
     out = run(c, T0, T0 + 120)
     c.on_signal(sig("k", "frontend", T0 + 130))
@@ -242,8 +244,38 @@ def test_a_storm_across_many_services_stays_fast() -> None:
     topo = {f"svc{i}": [f"svc{i + 1}"] for i in range(59)}
     c = make(topo)
     for i in range(3000):
-        c.on_signal(sig(f"s{i}", f"svc{i % 60}", T0 + (i % 45), name=f"m{i}:rate"))
+        c.on_signal(sig(f"s{i}", f"svc{i % 60}", T0 + (i % 45), name=f"m{i}:p99"))
     started = time.perf_counter()
     out = run(c, T0, T0 + 300)
     assert time.perf_counter() - started < 5.0
     assert len(opens(out)) == 1 and len(out[0].services) == 60
+
+
+def test_causes_without_a_symptom_open_nothing() -> None:
+    # a traffic burst: rates and CPU up everywhere for minutes, nobody hurt
+    c = make()
+    for i, svc in enumerate(["frontend", "checkout", "postgres"]):
+        for name in ("http_requests_total:rate", "process_cpu_seconds_total:rate"):
+            c.on_signal(sig(f"{svc}{name}", svc, T0 + i, name=name, score=0.99))
+    assert run(c, T0, T0 + 900) == []
+
+
+def test_a_symptom_must_last_the_hold() -> None:
+    c = make(open_hold_s=180.0)
+    c.on_signal(sig("a", "checkout", T0))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("a", "checkout", T0, end=T0 + 150))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99", end=T0 + 150))
+    assert run(c, T0, T0 + 900) == []
+    c.on_signal(sig("c", "checkout", T0 + 1000))
+    c.on_signal(sig("d", "checkout", T0 + 1000, name="http_request_duration_seconds:p99"))
+    out = run(c, T0 + 1000, T0 + 1300)
+    assert len(opens(out)) == 1 and opens(out)[0].ts >= T0 + 1180
+
+
+def test_logs_alone_never_open() -> None:
+    c = make()
+    for i in range(3):
+        c.on_signal(Signal(id=f"l{i}", ts=T0, kind=SignalKind.LOG, service="checkout", name=f"t{i}", score=0.9,
+                           direction="up", evidence=(f'new ERROR template "boom {i}"',)))
+    assert run(c, T0, T0 + 900) == []
