@@ -217,6 +217,10 @@ class Decider:
         top = incident.root_causes[0]
         out: list[Action] = []
         for rule in self.rules.remediations:
+            if incident.ts - incident.opened_ts > rule.plan_within_s:
+                # Remediation acts on the picture an incident opens with; what emerges much later
+                # (secondary effects, a shifted ranking) is for the humans the alert reached.
+                continue
             sigs, changes = _scope(incident, rule, top.service)
             match = _Match()
             if not _holds(rule.when, incident, sigs, changes, match):

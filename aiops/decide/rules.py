@@ -129,6 +129,7 @@ class Remediation:
     params: tuple[tuple[str, str], ...] = ()
     reason: str = ""
     continue_: bool = False
+    plan_within_s: float = 900.0
     where: str = ""
 
 
@@ -379,8 +380,8 @@ def _remediations(ctx: _Ctx, value: Any, line: int) -> list[Remediation]:
     out = []
     for item, il in zip(items, items.item_lines, strict=True):
         r = _expect_map(ctx, item, il, "a remediation")
-        _known_keys(ctx, r, ("name", "action", "when", "scope", "target", "params", "reason", "continue"),
-                    "a remediation")
+        _known_keys(ctx, r, ("name", "action", "when", "scope", "target", "params", "reason", "continue",
+                             "plan_within_s"), "a remediation")
         for required in ("name", "action", "when"):
             if required not in r:
                 raise ctx.fail(il, f"a remediation needs {required!r}")
@@ -399,6 +400,8 @@ def _remediations(ctx: _Ctx, value: Any, line: int) -> list[Remediation]:
             params=_string_map(ctx, r["params"], _line(r, "params"), "params") if "params" in r else (),
             reason=_template(ctx, r["reason"], _line(r, "reason"), "reason") if "reason" in r else "",
             continue_=cont, where=ctx.at(il),
+            plan_within_s=_number(ctx, r["plan_within_s"], _line(r, "plan_within_s"), "plan_within_s")
+            if "plan_within_s" in r else 900.0,
         ))
     _unique_names(out)
     return out

@@ -152,3 +152,13 @@ def test_continue_plans_several_and_snapshot_keeps_dedupe() -> None:
     d2 = Decider.from_snapshot(d.snapshot(), rules, ActSettings(), logger=QUIET)
     _, again = decide(d2, inc([s("api", "x:rate")], status=IncidentStatus.UPDATE))
     assert again == []
+
+
+def test_no_planning_long_after_the_incident_opened() -> None:
+    d = Decider(RULES, ActSettings(), logger=QUIET)
+    decide(d, inc([s("api", "http_requests_total:error_ratio")]))  # nothing to do at open
+    late = Incident(id="inc-1", ts=T0 + 60 + 3600, status=IncidentStatus.UPDATE, opened_ts=T0 + 60,
+                    services=("api",), root_causes=(RootCause("api", 0.9),), severity="warning",
+                    signals=(s("api", "http_requests_total:rate"), s("api", "process_cpu_seconds_total:rate")))
+    _, actions = decide(d, late)
+    assert actions == []
