@@ -18,7 +18,8 @@ Every decoder returns ``(records, errors)``: a message with one bad line out of 
 good ones, and each error is a :class:`~aiops.decode.jsonline.DecodeError` with a countable reason.
 
 >>> d = KafkaDecoder()
->>> recs, errs = d.metrics(b'{"timestamp":"1970-01-01T00:00:10Z","value":"2","name":"up","labels":{"__name__":"up","job":"a"}}')
+>>> msg = b'{"timestamp":"1970-01-01T00:00:10Z","value":"2","name":"up","labels":{"__name__":"up","job":"a"}}'
+>>> recs, errs = d.metrics(msg)
 >>> recs[0].ts, recs[0].name, recs[0].labels, recs[0].value
 (10.0, 'up', (('job', 'a'),), 2.0)
 >>> recs, errs = d.logs(b'{"date": 12.5, "log": "boom", "kubernetes": {"labels": {"app": "api"}}}')
@@ -44,6 +45,7 @@ MetricsFormat = Literal["auto", "jsonline", "prometheus_kafka_adapter"]
 LogsFormat = Literal["json", "raw"]
 
 _NAN = float("nan")
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,8 @@ class KafkaDecoder:
     log_fields: LogFields = field(default_factory=LogFields)
     service_header: str = "service"
     max_line_bytes: int = 64 * 1024
+    _labels: dict[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def metrics(self, value: bytes) -> tuple[list[MetricSample], list[DecodeError]]:
         out: list[MetricSample] = []
@@ -203,17 +207,65 @@ class KafkaDecoder:
             lines = _lines(value)
         except DecodeError as exc:
             return out, [exc]
-        fmt = self.metrics_format
-        for line in lines:
+        objs: list[Any] | None = None
+        if len(lines) > 1:
+            # One parser call for the whole message is much cheaper than one per line; any
+            # bad line makes it fail, and the per-line path below then says which.
             try:
-                obj = _json(line)
+                objs = json.loads("[" + ",".join(lines) + "]")
+            except ValueError:
+                objs = None
+            if objs is not None and len(objs) != len(lines):
+                objs = None  # a line holding two values: let the per-line path reject it
+        fmt = self.metrics_format
+        fast = self._fast_metric
+        for i, line in enumerate(lines):
+            try:
+                obj = objs[i] if objs is not None else _json(line)
                 if fmt == "jsonline" or (fmt == "auto" and isinstance(obj, dict) and "ts" in obj):
-                    out.append(decode_metric(obj))
+                    out.append(fast(obj) or decode_metric(obj))
                 else:
                     out.append(decode_adapter_metric(obj))
             except DecodeError as exc:
                 errors.append(exc)
         return out, errors
+
+    def _fast_metric(self, obj: dict[str, Any]) -> MetricSample | None:
+        """The common well-formed sample without the general validator, or ``None`` to use it.
+
+        Label sets repeat every scrape, so their canonical (sorted, validated) form is cached
+        by their order as received; a hit skips sorting and checking.
+        """
+        ts = obj.get("ts")
+        name = obj.get("name")
+        value = obj.get("value")
+        labels = obj.get("labels")
+        if (type(ts) is not float and type(ts) is not int) or not 0 <= ts < _INF:
+            return None
+        if type(name) is not str or not name:
+            return None
+        if type(value) is float:
+            if value in (_INF, -_INF):
+                return None
+        elif type(value) is not int:
+            return None
+        if labels is None:
+            key: tuple[tuple[str, Any], ...] = ()
+        elif type(labels) is dict:
+            key = tuple(labels.items())
+        else:
+            return None
+        try:
+            canon = self._labels.get(key)
+        except TypeError:  # a list or object as a label value: the validator says which
+            return None
+        if canon is None:
+            if len(key) > 64 or any(type(v) is not str or len(k) > 1024 or len(v) > 1024 for k, v in key):
+                return None
+            if len(self._labels) >= 200_000:  # bounded: a label explosion must not eat memory
+                self._labels.clear()
+            canon = self._labels[key] = make_labels(dict(key))
+        return MetricSample(ts=float(ts), name=name, labels=canon, value=float(value))
 
     def logs(
         self, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),

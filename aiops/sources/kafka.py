@@ -280,7 +280,8 @@ class KafkaSource:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
-        log.info("kafka_source_stopped", committed={f"{tp.topic}/{tp.partition}": o for tp, o in self._committed.items()})
+        committed = {f"{tp.topic}/{tp.partition}": o for tp, o in self._committed.items()}
+        log.info("kafka_source_stopped", committed=committed)
 
 
 def _ts(record: Record) -> float:

@@ -124,8 +124,9 @@ def test_any_bytes_never_raise(value: bytes) -> None:
 
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,3 +138,32 @@ def test_any_json_object_never_raises(obj: dict) -> None:
     for fn in (d.metrics, d.logs, d.events):
         recs, errs = fn(value)
         assert len(recs) + len(errs) == 1
+
+
+metric_objs = st.fixed_dictionaries(
+    {"ts": st.one_of(st.floats(), st.integers(-5, 2**40), st.text(max_size=5), st.none()),
+     "name": st.one_of(st.text(max_size=6), st.integers(), st.none()),
+     "value": st.one_of(st.floats(), st.integers(), st.text(max_size=5), st.none(), st.booleans())},
+    optional={"labels": st.one_of(st.dictionaries(st.text(max_size=4), st.one_of(st.text(max_size=4), st.integers()),
+                                                  max_size=3), st.none(), st.lists(st.text(), max_size=2))})
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(metric_objs, min_size=1, max_size=6))
+def test_batched_fast_path_equals_the_general_decoder(objs: list) -> None:
+    from aiops.decode.jsonline import DecodeError, decode_metric
+
+    d = KafkaDecoder(metrics_format="jsonline")
+    value = "\n".join(json.dumps(o) for o in objs).encode()
+    recs, errs = d.metrics(value)
+    expected, reasons = [], []
+    for o in objs:
+        try:
+            expected.append(decode_metric(o))
+        except DecodeError as e:
+            reasons.append(e.reason)
+    assert sorted(e.reason for e in errs) == sorted(reasons)
+    assert len(recs) == len(expected)
+    for a, b in zip(recs, expected, strict=True):
+        assert (a.ts, a.name, a.labels) == (b.ts, b.name, b.labels)
+        assert a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))

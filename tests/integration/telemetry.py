@@ -53,18 +53,21 @@ def build(seed: int = 7, warmup_min: float = 60, fault_min: float = 20, recover_
             counters[(svc, "200")] += total - bad
             counters[(svc, "500")] += bad
             for code in ("200", "500"):
-                records.append(MetricSample(ts=ts + 0.1, name="http_requests_total",
-                                            labels=make_labels({"service": svc, "code": code, "instance": f"{svc}-0"}),
+                labels = make_labels({"service": svc, "code": code, "instance": f"{svc}-0"})
+                records.append(MetricSample(ts=ts + 0.1, name="http_requests_total", labels=labels,
                                             value=counters[(svc, code)]))
             latency = 0.05 * (1 + 0.05 * rng.standard_normal()) * (4.0 if in_fault and svc != "db" else 1.0)
             records.append(MetricSample(ts=ts + 0.2, name="request_latency_seconds",
                                         labels=make_labels({"service": svc, "instance": f"{svc}-0"}), value=latency))
             for j in range(3):
+                item = int(rng.integers(1000))
+                ms = int(rng.integers(5, 60))
                 records.append(LogRecord(ts=ts + 1 + j, service=svc, level="INFO",
-                                         message=f"GET /items/{int(rng.integers(1000))} 200 {int(rng.integers(5, 60))}ms"))
+                                         message=f"GET /items/{item} 200 {ms}ms"))
             if in_fault and svc == "api":
                 for j in range(5):
+                    order = int(rng.integers(10**6))
                     records.append(LogRecord(ts=ts + 5 + j, service=svc, level="ERROR",
-                                             message=f"NullPointerException in OrderHandler.apply (order {int(rng.integers(10**6))})"))
+                                             message=f"NullPointerException in OrderHandler.apply (order {order})"))
     records.sort(key=lambda r: r.ts)
     return records, Incident("api", fault_start, fault_end, end)

@@ -35,7 +35,8 @@ def _metric_json(s: MetricSample, adapter: bool) -> dict:
     value = None if math.isnan(s.value) else s.value
     if adapter:  # prometheus-kafka-adapter's form: RFC 3339 time, value as a string
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.ts)) + f".{int(round(s.ts % 1 * 1000)):03d}Z"
-        return {"timestamp": stamp, "value": str(value), "name": s.name, "labels": {"__name__": s.name, **dict(s.labels)}}
+        labels = {"__name__": s.name, **dict(s.labels)}
+        return {"timestamp": stamp, "value": str(value), "name": s.name, "labels": labels}
     return {"ts": s.ts, "name": s.name, "labels": dict(s.labels), "value": value}
 
 

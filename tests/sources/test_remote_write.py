@@ -63,7 +63,8 @@ names = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=
                           st.lists(st.tuples(st.floats(allow_nan=False), st.integers(0, 2**40)), max_size=4)),
                 max_size=5))
 def test_round_trip_property(series: list) -> None:
-    encoded = [({**labels, "__name__": name}, [(v, ts / 1000) for v, ts in samples]) for labels, name, samples in series]
+    encoded = [({**labels, "__name__": name}, [(v, ts / 1000) for v, ts in samples])
+               for labels, name, samples in series]
     out = decode_write_request(encode_write_request(encoded))
     expected = [(name, tuple(sorted((k, v) for k, v in labels.items() if k != "__name__")), v, ts / 1000)
                 for labels, name, samples in series for v, ts in samples]
