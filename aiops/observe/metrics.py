@@ -12,7 +12,12 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Batch latency spans sub-millisecond (a few records) to seconds (a backlog under load).
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,4 +67,38 @@ class SelfMetrics:
             "aiops_task_failures", "Background tasks that died", ["task"], registry=registry)
 
 
-__all__ = ["SelfMetrics"]
+class StageCollector(Collector):
+    """``aiops_stage_records_total{stage,direction}``: records into and out of each pipeline stage.
+
+    Read from the pipeline's own counters at scrape time, so the hot path pays nothing.
+    ``stats`` returns an object with the fields of ``PipelineStats``.
+
+    >>> from types import SimpleNamespace
+    >>> st = SimpleNamespace(metric_samples=10, points=4, log_lines=3, change_events=1, signals=2,
+    ...                      signals_by_kind={"metric": 1, "log": 1}, incidents=1, alerts=1, actions=0)
+    >>> r = CollectorRegistry(); r.register(StageCollector(lambda: st))
+    >>> r.get_sample_value("aiops_stage_records_total", {"stage": "derive", "direction": "in"})
+    10.0
+    """
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        st = self.stats()
+        by_kind = st.signals_by_kind
+        family = CounterMetricFamily("aiops_stage_records", "Records into and out of each pipeline stage",
+                                     labels=["stage", "direction"])
+        for stage, n_in, n_out in (
+            ("derive", st.metric_samples, st.points),
+            ("detect", st.points, by_kind.get("metric", 0)),
+            ("logs", st.log_lines, by_kind.get("log", 0)),
+            ("correlate", st.signals + st.change_events, st.incidents),
+            ("decide", st.incidents, st.alerts + st.actions),
+        ):
+            family.add_metric([stage, "in"], float(n_in))
+            family.add_metric([stage, "out"], float(n_out))
+        yield family
+
+
+__all__ = ["SelfMetrics", "StageCollector"]

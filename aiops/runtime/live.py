@@ -44,7 +44,7 @@ from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
 from aiops.notify.base import Sink
 from aiops.observe.http import HttpServer
-from aiops.observe.metrics import SelfMetrics
+from aiops.observe.metrics import SelfMetrics, StageCollector
 from aiops.observe.rejects import Rejects
 from aiops.records import Action, Alert, Decision, Incident, IncidentStatus, MetricSample, Record, to_output
 from aiops.runtime.pipeline import Pipeline
@@ -100,6 +100,7 @@ class LiveDaemon:
         self.metrics = SelfMetrics(self.registry)
         self.rejects = Rejects(registry=self.registry)
         self.pipeline = Pipeline(settings, rules, topology, self.rejects, step_s=step_s, registry=self.registry)
+        self.registry.register(StageCollector(lambda: self.pipeline.stats))
         self.out = out
         self.clock = clock
         self.on_action = on_action
