@@ -44,12 +44,13 @@ _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 class Template:
     """One log template (a cluster of lines): its tokens, id, size and recency."""
 
-    __slots__ = ("id", "group", "tokens", "size", "seq", "alive", "merged_into", "_text", "_bkey", "_skeys")
+    __slots__ = ("id", "group", "tokens", "kinds", "size", "seq", "alive", "merged_into", "_text", "_bkey", "_skeys")
 
     def __init__(self, id: str, group: str, tokens: list[str], size: int = 0, seq: int = 0) -> None:
         self.id = id
         self.group = group
         self.tokens = tokens
+        self.kinds: list[int] = []  # token_kind of each token, set when indexed
         self.size = size
         self.seq = seq
         self.alive = True
@@ -104,6 +105,16 @@ def merge_tokens(a: str, b: str) -> str:
     return merged
 
 
+def _collapse_runs(tokens: list[str]) -> list[str]:
+    """Repeats of one masked token become one (``blk_<*> blk_<*> blk_<*>`` -> ``blk_<*>``): a list
+    of values of any length is one parameter, so lines with lists of different lengths agree."""
+    out = [tokens[0]]
+    for t in tokens[1:]:
+        if t != out[-1] or WILDCARD not in t:
+            out.append(t)
+    return out
+
+
 VAR, WORD, IDENT = 0, 1, 2
 _WORD = re.compile(r"[(\[{'\"]*(?:[A-Za-z]+=)?[A-Za-z]+[)\]}'\":;,.!?]*|[A-Za-z]+=|[^\w\s]+")
 
@@ -154,6 +165,9 @@ class TemplateMiner:
         max_sibling_tokens: int = 200,
         strict_words: bool = True,
         sibling_context: int = 3,
+        ident_first_wild: bool = False,
+        crowded_bucket: int = 64,
+        absorb: bool = True,
     ) -> None:
         self.sim_threshold = sim_threshold
         self.max_templates = max_templates
@@ -164,6 +178,9 @@ class TemplateMiner:
         self.max_sibling_tokens = max_sibling_tokens
         self.strict_words = strict_words
         self.sibling_context = sibling_context
+        self.ident_first_wild = ident_first_wild
+        self.crowded_bucket = crowded_bucket
+        self.absorb = absorb
         self._masker = Masker(self.patterns)
         self._cache: dict[str, dict[bytes, Template]] = {}
         self._buckets: dict[tuple[str, int, str], list[Template]] = {}
@@ -201,10 +218,11 @@ class TemplateMiner:
         return self._best(group, self._masker.mask(line).split())
 
     # -- learning ----------------------------------------------------------------------------
-    @staticmethod
-    def _bucket_key(group: str, tokens: list[str]) -> tuple[str, int, str]:
+    def _bucket_key(self, group: str, tokens: list[str]) -> tuple[str, int, str]:
         first = tokens[0] if tokens else ""
-        if WILDCARD in first:
+        if self.ident_first_wild and (WILDCARD in first or self._kind(first) != WORD):
+            first = WILDCARD
+        elif WILDCARD in first:
             first = WILDCARD
         return (group, len(tokens), first)
 
@@ -217,28 +235,37 @@ class TemplateMiner:
             other = self._buckets.get((group, n, WILDCARD))
             if other:
                 candidates = [*candidates, *other]
+        if not candidates:
+            return None
         if n == 0:
-            return candidates[0] if candidates else None
+            return candidates[0]
+        kind = self._kind
+        kinds = [kind(t) for t in tokens]
+        # A crowded bucket means its words vary after all (two free-text positions, say): there
+        # words only lower the similarity, as in Drain, and the bucket stops growing.
+        strict = len(candidates) < self.crowded_bucket
+        strict_words = self.strict_words
         best: Template | None = None
         best_sim = -1.0
         best_params = -1
-        hard = self._hard_mismatch
         for tpl in candidates:
             same = params = 0
-            for a, b in zip(tpl.tokens, tokens):
+            for a, b, ka, kb in zip(tpl.tokens, tokens, tpl.kinds, kinds):
                 if a == b:
                     same += 1
                 elif a == WILDCARD:
                     params += 1
-                elif hard(a, b):
-                    # Two different plain words: different events (Resumed/Paused, GET/POST), unless
-                    # enough sibling templates prove the position variable (see _merge_siblings).
+                elif strict and ka < 2 and kb < 2 and (ka or kb) and (strict_words or ka and kb):
+                    # A plain word against another word (or, strictly, against a masked value):
+                    # different events (Resumed/Paused, GET/POST), unless enough sibling templates
+                    # prove the position variable (see _merge_siblings).
                     break
             else:
                 sim = same / n
                 if sim > best_sim or (sim == best_sim and params > best_params):
                     best, best_sim, best_params = tpl, sim, params
-        if best is not None and (best_sim + best_params / n) >= self.sim_threshold:
+        # At least one token must agree: a template of wildcards alone is no evidence.
+        if best is not None and best_sim > 0 and (best_sim + best_params / n) >= self.sim_threshold:
             return best
         return None
 
@@ -250,15 +277,10 @@ class TemplateMiner:
             kind = self._kinds[token] = token_kind(token)
         return kind
 
-    def _hard_mismatch(self, a: str, b: str) -> bool:
-        ka = self._kind(a)
-        kb = self._kind(b)
-        if ka == WORD and kb == WORD:
-            return True
-        return self.strict_words and (ka == WORD or kb == WORD) and (ka == VAR or kb == VAR)
-
     def _learn(self, masked: str, group: str) -> Template:
         tokens = masked.split()
+        if len(tokens) > 1:
+            tokens = _collapse_runs(tokens)
         tpl = self._best(group, tokens)
         if tpl is not None:
             old = tpl.tokens
@@ -267,6 +289,8 @@ class TemplateMiner:
                 if new != old:
                     self._retokenise(tpl, new)
                     tpl = self._resolve(tpl) or tpl
+                    if self.absorb:
+                        tpl = self._absorb(tpl)
             tpl.size += 1
             self._lru.move_to_end(tpl.id)
             return tpl
@@ -292,6 +316,8 @@ class TemplateMiner:
         tpl._bkey = bkey
         self._buckets.setdefault(bkey, []).append(tpl)
         tokens = tpl.tokens
+        kind = self._kind
+        tpl.kinds = [kind(t) for t in tokens]
         n = len(tokens)
         if n > self.max_sibling_tokens or self.sibling_merge < 2:
             return
@@ -304,7 +330,7 @@ class TemplateMiner:
             suffix[i] = hash((tokens[i], suffix[i + 1]))
         keys = tpl._skeys = []
         merge_at = -1
-        words = [i for i, t in enumerate(tokens) if self._kind(t) == WORD]
+        words = [i for i, k in enumerate(tpl.kinds) if k == WORD]
         # A word is judged variable only against a context of other words: with too little of it
         # (a one-word line, "boot (command <*>)") the word *is* the event.
         can_merge = len(words) > self.sibling_context
@@ -350,9 +376,27 @@ class TemplateMiner:
                 if s.tokens[:i] == tpl.tokens[:i] and s.tokens[i + 1:] == tpl.tokens[i + 1:]]
         if len(sibs) < 2:
             return
-        keeper = min(sibs, key=lambda s: s.seq)
-        for other in sibs:
-            if other is keeper:
+        tokens = list(tpl.tokens)
+        tokens[i] = WILDCARD
+        self._merge(sibs, tokens)
+
+    def _absorb(self, tpl: Template) -> Template:
+        """After ``tpl`` generalised, templates of its bucket that it now covers merge into it."""
+        tokens = tpl.tokens
+        covered = [tpl]
+        for other in self._buckets.get(tpl._bkey, ()) if tpl._bkey is not None else ():
+            if other is not tpl and all(a == b or a == WILDCARD or (WILDCARD in a and merge_tokens(a, b) == a)
+                                        for a, b in zip(tokens, other.tokens)):
+                covered.append(other)
+        if len(covered) == 1:
+            return tpl
+        return self._merge(covered, list(tokens))
+
+    def _merge(self, templates: list[Template], tokens: list[str]) -> Template:
+        """Merge ``templates`` into the oldest one (whose id survives), which gets ``tokens``."""
+        keeper = min(templates, key=lambda s: s.seq)
+        for other in templates:
+            if other is keeper or not other.alive:
                 continue
             self._unindex(other)
             other.alive = False
@@ -363,9 +407,8 @@ class TemplateMiner:
                 del self._alias[next(iter(self._alias))]
             self.merges.append((other.id, keeper.id))
             keeper.size += other.size
-        tokens = list(keeper.tokens)
-        tokens[i] = WILDCARD
         self._retokenise(keeper, tokens)
+        return self._resolve(keeper) or keeper
 
     def _evict(self) -> None:
         _id, old = self._lru.popitem(last=False)

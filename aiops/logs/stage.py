@@ -216,8 +216,12 @@ class LogStage:
             self.truncated += 1
         rank = level_rank(record.level)
         group = "" if rank is None else _RANK_NAME[rank]
-        tpl = svc.miner.add(message, group)
+        miner = svc.miner
+        tpl = miner.add(message, group)
         ts = record.ts
+        out: list[Signal] = []
+        if miner.merges:
+            self._apply_merges(svc, ts, out)
         st = svc.stats.get(tpl.id)
         if st is None:
             if len(svc.stats) > len(svc.miner) + 64:
@@ -243,8 +247,42 @@ class LogStage:
             svc.err_count += 1
             svc.err_tids[st.tid] += 1
         if st.new_state == "candidate":
-            return self._new_candidate(svc, st, ts)
-        return []
+            out.extend(self._new_candidate(svc, st, ts))
+        return out
+
+    def _apply_merges(self, svc: _Service, ts: float, out: list[Signal]) -> None:
+        """Templates the miner merged: their counts, samples and open signals move to the keeper."""
+        merges = svc.miner.merges
+        while merges:
+            gone_id, keep_id = merges.popleft()
+            gone = svc.stats.pop(gone_id, None)
+            svc.touched.pop(gone_id, None)
+            if gone is None:
+                continue
+            keep = svc.stats.get(keep_id)
+            if keep is None:
+                gone.tid = keep_id
+                svc.stats[keep_id] = gone
+                if gone.count or gone.burst_active is not None:
+                    svc.touched[keep_id] = gone
+                continue
+            keep.count += gone.count
+            keep.first_ts = min(keep.first_ts, gone.first_ts)
+            keep.last_ts = max(keep.last_ts, gone.last_ts)
+            keep.samples = (keep.samples + gone.samples)[:SAMPLES]
+            keep.baseline.mean += gone.baseline.mean
+            keep.baseline.var += gone.baseline.var
+            keep.errorish = keep.errorish or gone.errorish
+            if keep.new_state == "candidate" and gone.new_state == "candidate":
+                keep.new_times = sorted(keep.new_times + gone.new_times)[-64:]
+            if gone.burst_active is not None:
+                if keep.burst_active is None:
+                    keep.burst_active, keep.burst_onset = gone.burst_active, gone.burst_onset
+                    keep.burst_run, keep.calm, keep.new_state = gone.burst_run, gone.calm, gone.new_state
+                else:
+                    out.append(self._end(svc, gone, ts, "template merged into a more general one"))
+            if keep.count or keep.burst_active is not None:
+                svc.touched[keep_id] = keep
 
     def _new_candidate(self, svc: _Service, st: _TemplateStats, ts: float) -> list[Signal]:
         if ts - st.first_ts > NEW_HORIZON_S:
