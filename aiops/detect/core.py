@@ -72,6 +72,7 @@ class ScorerParams:
     alpha_season_shift: float = 0.2
     alpha: float = 0.02  # robust baseline level and scale (~50 samples)
     clip: float = 4.0  # residuals beyond clip*scale are clipped when learning the baseline
+    adapt_steps: int = 20  # this many samples beyond clip*scale in one direction become the new normal
     season_period: float = 86400.0  # seconds; the profile is keyed by event time modulo this
     season_bins: int = 288  # profile resolution (0 = no seasonal profile)
     season_alpha: float = 0.5  # how much one period's visit of a bin moves it
@@ -90,7 +91,7 @@ class ScoreBatch:
 
 
 # per-series float64 state; "hi_*"/"lo_*" are the feature ranges
-_STATE = ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first") + tuple(
+_STATE = ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "run", "cfast", "s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first") + tuple(
     f"{b}_{f}" for f in FEATURES for b in ("hi", "lo"))
 _CONF = ("up_ok", "down_ok", "sens", "rel_floor", "abs_floor")
 _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, "abs_floor": 1e-9}
@@ -190,16 +191,32 @@ class BatchScorer:
         a["prev"][i], a["fast"][i], a["slow"][i], a["vol"][i] = x, fast, slow, vol
         shift = fast - slow
 
-        # robust baseline (level model)
+        # robust baseline (level model); z is the larger of the point deviation and the fast
+        # EWMA's deviation in its own standard errors (a modest shift that persists)
         level = np.where(first, x, a["level"][i])
         scale = np.maximum(a["dev"][i] * _MAD_TO_SIGMA, floor)
         resid = x - level
-        z = resid / scale
+        zp = resid / scale
         lim = np.where(warm, p.clip * scale, np.inf)  # no clipping until the scale is trusted
         rc = np.clip(resid, -lim, lim)
+        # fed with clipped residuals, so one spike does not echo into the next few samples
+        cfast = np.where(first, 0.0, a["cfast"][i]) * (1 - p.alpha_fast) + p.alpha_fast * rc
+        zf = cfast / (scale * math.sqrt(p.alpha_fast / (2.0 - p.alpha_fast)))
+        z = np.where(np.abs(zf) > np.abs(zp), zf, zp)
+        outside = np.abs(resid) > lim
         rate = np.where(warm, p.alpha, np.maximum(p.alpha, 1.0 / (n + 1.0)))
-        a["level"][i] = level + rate * rc
-        a["dev"][i] = np.where(first, 0.0, a["dev"][i] + rate * (np.abs(rc) - a["dev"][i]))
+        new_level = level + rate * rc
+        # the scale learns slowly from outliers: learning them at full rate would inflate it
+        # within minutes during a drift and hide the drift
+        d_rate = np.where(outside, rate * 0.2, rate)
+        a["dev"][i] = np.where(first, 0.0, a["dev"][i] + d_rate * (np.abs(rc) - a["dev"][i]))
+        sign = np.sign(resid)
+        run = a["run"][i]
+        new_run = np.where(outside, np.where(np.sign(run) == sign, run + sign, sign), 0.0)
+        adopt = np.abs(new_run) >= p.adapt_steps  # a deviation this persistent is the new normal
+        a["level"][i] = np.where(adopt, x, new_level)
+        a["cfast"][i] = np.where(adopt, 0.0, cfast)
+        a["run"][i] = np.where(adopt, 0.0, new_run)
         base = level
 
         # seasonal profile

@@ -68,10 +68,12 @@ def series_defaults(kind: PointKind, metric: str) -> SeriesDefaults:
     if kind is PointKind.ERROR_RATIO:
         return SeriesDefaults(True, False, 0.0, 0.01)
     if kind is PointKind.QUANTILE:
-        return SeriesDefaults(True, False, 0.05, 1e-3)
+        return SeriesDefaults(True, False, 0.15, 1e-3)
     up_only = any(w in name for w in _UP_ONLY_WORDS)
     if kind is PointKind.RATE:
-        return SeriesDefaults(True, not up_only, 0.02, 1e-2)
+        # traffic breathes by tens of percent (bursts, the daily ramp): only a change of about
+        # half the level is worth a page, whatever the noise
+        return SeriesDefaults(True, not up_only, 0.15, 1e-2)
     if kind is PointKind.LOG_RATE:
         return SeriesDefaults(True, True, 0.05, 0.05)
     return SeriesDefaults(True, not up_only, 0.01, 1e-9)
