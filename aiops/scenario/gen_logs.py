@@ -145,7 +145,7 @@ ROUTINE: dict[str, tuple[Template, ...]] = {
     ),
     "ranker": (
         ("INFO", 4.0, lambda t: f"ranked {t.int(20, 200)} candidates for request {t.hex(12)} with model "
-                                f"ranker-v7 in {t.ms(15)} ms"),
+                                f"search-ranker v7 in {t.ms(15)} ms"),
         ("INFO", 0.2, lambda t: f"feature cache refresh: {t.int(10000, 60000)} keys in {t.ms(800)} ms"),
         ("WARN", 0.15, lambda t: f"missing feature user_tenure_days for user {t.int(1, 500000)}, imputing median"),
     ),
@@ -282,7 +282,8 @@ def lifecycle_lines(service: str, reason: str, version: str, restart_count: int,
     return lines
 
 
-BENIGN_BURSTS: dict[str, Callable[[Tokens], str]] = {
-    "retry": lambda t: f"retrying call to {t.pick(('catalog', 'auth'))} (attempt 2/3) after {t.ms(80)} ms",
-    "slow": lambda t: f"slow request {t.pick(PATHS)} took {t.ms(1300, 0.2)} ms (threshold 1000 ms)",
+BENIGN_BURSTS: dict[str, Callable[[Tokens, str], str]] = {
+    "retry": lambda t, callee: f"retrying call to {callee} (attempt 2/3) after {t.ms(80)} ms: connection reset",
+    "slow": lambda t, callee: f"slow call to {callee} took {t.ms(1300, 0.2)} ms (threshold 1000 ms)",
 }
+"""Short WARN bursts that are not incidents (a pool recycling its connections, a noisy neighbour)."""

@@ -90,7 +90,8 @@ class Plan:
     deploys: list[Deploy] = field(default_factory=list)
     bursts: list[Burst] = field(default_factory=list)
     spikes: list[Spike] = field(default_factory=list)
-    warn_bursts: list[tuple[float, str, str, int]] = field(default_factory=list)  # (ts, service, kind, lines)
+    # benign WARN bursts: (ts, service, kind, lines, callee it concerns)
+    warn_bursts: list[tuple[float, str, str, int, str]] = field(default_factory=list)
     peak_rps: float = 220.0  # user requests per second at the frontend at the daily peak
     miss_rate: float = 0.0015  # probability a scrape of a target fails (up=0, its samples absent)
 

@@ -137,7 +137,7 @@ class KindSpec:
 
 KINDS: dict[str, KindSpec] = {
     "bad-deploy": KindSpec("bad_deploy", "checkout", 12, 6.0, ("rollback",), "http_requests_total", 420,
-                           2400, 1.3, 1, 2, 1),
+                           2400, 1.2, 1, 2, 1),
     "traffic-surge": KindSpec("surge", "search", 6, 6.0, ("scale_up",), "process_cpu_seconds_total", 420,
                               2700, 1.0, 1, 2, 1),
     "datastore-down": KindSpec("down", "postgres", 6, 6.0, (), "http_requests_total", 300, 1500, 1.0, 1, 2, 1),
@@ -199,7 +199,11 @@ def generate(kind: str, out: Path, seed: int = 1, services: int | None = None, h
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.jsonl", "logs.jsonl", "events.jsonl"):
         (out / stale).unlink(missing_ok=True)
-    ml = _ml_gauges(sims, fault, ts, r_ml) if fault is not None and fault.kind == "drift" else {}
+    ml: dict[str, list[tuple[str, dict[str, str], np.ndarray]]] = {}
+    (out / "predictions.jsonl.gz").unlink(missing_ok=True)
+    if fault is not None and fault.kind == "drift":
+        ml = _ml_gauges(sims, fault, ts, r_ml)
+        _write_predictions(out / "predictions.jsonl.gz", sims, fault, ts, step, r_ml)
     metric_lines, series = _write_metrics(out / "metrics.jsonl.gz", sims, ts, step, r_metrics, ml)
     log_lines = _write_logs(out / "logs.jsonl.gz", sims, plan, fault, ts, step, r_logs,
                             ks.log_scale if log_scale is None else log_scale)
@@ -260,7 +264,8 @@ def _plan(kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], target: str | N
         return sorted(out)
 
     scale = dur / 21600.0
-    others = [s for s in svcs if s != target]
+    # datastores are upgraded in maintenance windows, not in the middle of the day
+    others = [s for s in svcs if s != target and svcs[s].role != "datastore"]
     n_deploys = max(1, int(round(deploys_per_6h * scale)))
     for t in times(n_deploys, min(900.0, dur / 8)):
         svc = others[int(rng.integers(len(others)))]
@@ -268,24 +273,31 @@ def _plan(kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], target: str | N
         new = _bump(prev, 0)
         plan.deploys.append(Deploy(t, svc, new, prev))
         events.append({"ts": t, "type": "deploy", "service": svc, "version": new, "previous_version": prev})
-    flags = (("frontend", "new_checkout_ui_rollout_percent", "10", "25"),
-             ("catalog", "cache_ttl_seconds", "300", "600"),
-             ("search", "spellcheck_enabled", "false", "true"))
-    for t in times(max(1, int(round(1.5 * scale))), min(900.0, dur / 8)):
-        svc, key, old, new = flags[int(rng.integers(len(flags)))]
-        if svc in svcs:
-            events.append({"ts": t, "type": "config", "service": svc, "key": key, "value": new,
-                           "previous_value": old})
+    flags = {("frontend", "new_checkout_ui_rollout_percent"): ["5", "10", "25", "50", "100"],
+             ("catalog", "cache_ttl_seconds"): ["300", "600", "900", "1200"],
+             ("search", "spellcheck_max_edits"): ["1", "2", "1", "2"]}
+    keys = [k for k in flags if k[0] in svcs]
+    for t in times(max(1, int(round(1.5 * scale))), min(900.0, dur / 8)) if keys else []:
+        svc, key = keys[int(rng.integers(len(keys)))]
+        values = flags[(svc, key)]
+        if len(values) > 1:
+            events.append({"ts": t, "type": "config", "service": svc, "key": key, "value": values[1],
+                           "previous_value": values[0]})
+            values.pop(0)
     for t in times(max(0, int(round(ks.bursts_per_6h * scale))), 300.0):
-        plan.bursts.append(Burst(t, float(rng.uniform(60, 120)), float(rng.uniform(1.6, 2.2))))
+        plan.bursts.append(Burst(t, float(rng.uniform(60, 120)), float(rng.uniform(1.3, 1.7))))
     names = list(svcs)
     for t in times(max(0, int(round(ks.spikes_per_6h * scale))), 300.0):
         svc = names[int(rng.integers(len(names)))]
         plan.spikes.append(Spike(t, svc, int(rng.integers(svcs[svc].instances)),
                                  "cpu" if rng.random() < 0.5 else "latency"))
-    plan.warn_bursts = [(t, names[int(rng.integers(len(names)))], "retry" if rng.random() < 0.5 else "slow",
-                         int(rng.integers(8, 25)))
-                        for t in times(max(0, int(round(ks.warn_bursts_per_6h * scale))), 300.0)]
+    callers = [s for s in names if svcs[s].calls and svcs[s].role != "datastore"]
+    for t in times(max(0, int(round(ks.warn_bursts_per_6h * scale))), 300.0):
+        svc = callers[int(rng.integers(len(callers)))]
+        calls = svcs[svc].calls
+        callee = calls[int(rng.integers(len(calls)))].callee
+        plan.warn_bursts.append((t, svc, "retry" if rng.random() < 0.5 else "slow", int(rng.integers(8, 25)),
+                                 callee))
     plan.deploys.sort(key=lambda d: d.ts)
     events.sort(key=lambda e: e["ts"])
     return plan, fault, events
@@ -295,8 +307,9 @@ def _bump(version: str, part: int) -> str:
     """Next patch (part 0) or minor (part 1) version: v2.3.9 -> v2.3.10 / v2.4.0."""
     prefix = "v" if version.startswith("v") else ""
     nums = [int(x) for x in version.lstrip("v").split(".")]
-    while len(nums) < 3:
-        nums.append(0)
+    if len(nums) < 3:  # "15.6": major.minor, the minor is the patch level
+        nums[-1] += 1
+        return prefix + ".".join(str(x) for x in nums)
     if part == 1:
         nums = [nums[0], nums[1] + 1, 0]
     else:
@@ -334,13 +347,59 @@ def _ml_gauges(sims: dict[str, ServiceSim], fault: Fault, ts: np.ndarray, rng: n
     out: list[tuple[str, dict[str, str], np.ndarray]] = []
     for feat, mean, sd, shift in _FEATURES:
         v = mean + sd * rng.normal(0, 1, n) + 0.3 * sd * (load - 0.5) + shift * ramp
-        out.append(("model_feature_mean", {"model": "ranker-v7", "feature": feat}, v))
-    out.append(("model_prediction_mean", {"model": "ranker-v7"},
+        out.append(("model_feature_mean", {"model": "search-ranker", "feature": feat}, v))
+    out.append(("model_prediction_mean", {"model": "search-ranker"},
                 0.31 + 0.01 * (load - 0.5) + rng.normal(0, 0.004, n) + 0.075 * ramp))
     # accuracy is measured on delayed labels: it follows the drift ~5 min late and slowly
     decay = 1 - np.exp(-np.clip(ts - fault.start - 300.0, 0, None) / 1500.0)
-    out.append(("model_online_accuracy", {"model": "ranker-v7"}, 0.912 - 0.12 * decay + rng.normal(0, 0.005, n)))
+    out.append(("model_online_accuracy", {"model": "search-ranker"}, 0.912 - 0.12 * decay + rng.normal(0, 0.005, n)))
     return {f"{fault.service}-0": out}
+
+
+def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts: np.ndarray, step: float,
+                       rng: np.random.Generator) -> int:
+    """The drifting model's sampled prediction log (aiops.drift.records form): features, score, late labels.
+
+    About 0.5 predictions/s are sampled (following traffic); the click label of each arrives 5-10 min
+    later. Feature and prediction shifts are those of the ``model_*`` gauges; labels agree with the
+    thresholded score with the gauge's online accuracy, so the error grows as accuracy decays.
+    """
+    load = sims[fault.service].drivers["load"]
+    ref = max(float(np.percentile(load, 95)), 1e-9)
+    counts = rng.poisson(np.clip(0.8 * load / ref, 0.3, 1.2) * step)
+    t = np.concatenate([ts[k] + rng.random(int(c)) * step for k, c in enumerate(counts)])
+    n = len(t)
+    ramp = np.clip((t - fault.start) / 1200.0, 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)
+    decay = 1 - np.exp(-np.clip(t - fault.start - 300.0, 0, None) / 1500.0)
+    acc = 0.912 - 0.12 * decay
+    spread = {"price_bucket": 0.12, "session_depth": 1.4, "query_len": 1.1, "user_tenure_days": 240.0,
+              "ctr_7d": 0.02}
+    cols = {}
+    for feat, mean, _, shift in _FEATURES:
+        v = mean + shift * ramp + spread[feat] * rng.normal(0, 1, n)
+        cols[feat] = np.maximum(v, 0.0)
+    country = rng.choice(np.array(["DE", "FR", "NL", "PL", "ES"]), n, p=[0.35, 0.25, 0.15, 0.15, 0.1])
+    mean_p = 0.31 + 0.075 * ramp
+    k = 6.0
+    score = rng.beta(mean_p * k, (1 - mean_p) * k)
+    right = rng.random(n) < acc
+    label = np.where(right, score >= 0.5, score < 0.5).astype(int)
+    delay = rng.uniform(300, 600, n)
+    ids = rng.integers(0, 16 ** 10, n)
+    rows: list[tuple[float, str]] = []
+    for i in range(n):
+        rid = f"{int(ids[i]):010x}"
+        feats = ",".join(f'"{f}":{_gauge(float(cols[f][i]))}' for f in cols) + f',"country":"{country[i]}"'
+        rows.append((float(t[i]), f'{{"ts":{t[i]:.3f},"model":"search-ranker","version":"v7","id":"{rid}",'
+                                  f'"service":"{fault.service}","features":{{{feats}}},'
+                                  f'"prediction":{score[i]:.4f}}}'))
+        lt = float(t[i] + delay[i])
+        if lt < ts[-1] + step:
+            rows.append((lt, f'{{"ts":{lt:.3f},"model":"search-ranker","id":"{rid}","label":{int(label[i])}}}'))
+    rows.sort(key=lambda r: r[0])
+    _write_gz(path, (line for _, line in rows))
+    return len(rows)
 
 
 def _write_metrics(path: Path, sims: dict[str, ServiceSim], ts: np.ndarray, step: float,
@@ -459,9 +518,9 @@ def _write_logs(path: Path, sims: dict[str, ServiceSim], plan: Plan, fault: Faul
             version = [v for t, v in version_at if t <= when][-1]
             for dt, level, msg in lifecycle_lines(svc, reason, version, restart_count[inst], tok):
                 out.append((when + dt, svc, level, f"[{svc}-{inst}] {msg}" if len(sim.instances) > 1 else msg))
-    for t0, svc, kind, count in plan.warn_bursts:
+    for t0, svc, kind, count, callee in plan.warn_bursts:
         for _ in range(count):
-            out.append((t0 + tok.u() * 30.0, svc, "WARN", BENIGN_BURSTS[kind](tok)))
+            out.append((t0 + tok.u() * 30.0, svc, "WARN", BENIGN_BURSTS[kind](tok, callee)))
     lo, hi = float(ts[0]), float(ts[-1]) + step
     out = [r for r in out if lo <= r[0] < hi]
     out.sort(key=lambda r: r[0])

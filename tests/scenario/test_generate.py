@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from aiops.decode.jsonline import decode_event, decode_log, decode_metric, parse_json
+from aiops.drift.records import decode_prediction
 from aiops.observe.rejects import Rejects
 from aiops.scenario.gen_args import KIND_NAMES
 from aiops.scenario.generate import DAY0, KINDS, generate
@@ -257,6 +258,17 @@ def test_model_drift_decays_accuracy_only_after_the_fault(made: dict[str, Path])
     before = [v for t, v in acc if t < t0]
     after = [v for t, v in acc if t > t0 + 1500]
     assert min(before) > 0.88 and sum(after) / len(after) < 0.86
+    preds = [decode_prediction(o) for o in _lines(d / "predictions.jsonl.gz")]
+    assert [p.ts for p in preds] == sorted(p.ts for p in preds)
+    scored = {p.id: p for p in preds if not p.is_label_only}
+    labels = [p for p in preds if p.is_label_only]
+    assert labels and all(lab.id in scored and lab.ts > scored[lab.id].ts for lab in labels)
+
+    def price(lo: float, hi: float) -> float:
+        xs = [dict(p.features)["price_bucket"] for p in scored.values() if lo <= p.ts < hi]
+        return float(sum(xs)) / len(xs)  # type: ignore[arg-type]
+
+    assert price(t0 + 1300, t0 + 2400) - price(t0 - 1500, t0) > 0.05
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
