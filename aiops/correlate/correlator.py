@@ -363,8 +363,11 @@ class Correlator:
 
     def _prune(self, ts: float) -> None:
         """Forget what can no longer matter, so state stays bounded in a long-running daemon."""
-        keep_changes = self.settings.change_lookback_s + self.settings.window_s
-        self._changes = [c for c in self._changes if c.ts >= ts - keep_changes]
+        # Keep the changes a live incident may still cite (its first onset minus the lookback).
+        oldest = min((self._signals[i].ts for inc in self._incidents.values() if inc.live
+                      for i in inc.signal_ids[:1] if i in self._signals), default=ts)
+        keep_from = min(ts, oldest) - self.settings.change_lookback_s - self.settings.window_s
+        self._changes = [c for c in self._changes if c.ts >= keep_from]
         horizon = self.settings.flap_window_s + self.settings.resolve_after_s
         for inc_id, inc in list(self._incidents.items()):
             if inc.resolved_ts is not None and ts - inc.resolved_ts > horizon:

@@ -250,9 +250,9 @@ def _score_service(
         if mass > 0:
             svc.parts["explains"] = sum(by_service[o].strength for o in above) / mass
         if above:
-            lags = [by_service[o].onset - svc.onset for o in above]
-            svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {max(0.0, min(lags)):.0f}-"
-                                f"{max(0.0, max(lags)):.0f} s later")
+            lags = [max(0.0, by_service[o].onset - svc.onset) for o in above]
+            spread = f"{min(lags):.0f}" if round(min(lags)) == round(max(lags)) else f"{min(lags):.0f}-{max(lags):.0f}"
+            svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {spread} s later")
     else:
         svc.parts["root_like"] = 0.5  # the graph cannot tell; neither credit nor blame
 

@@ -279,3 +279,16 @@ def test_logs_alone_never_open() -> None:
         c.on_signal(Signal(id=f"l{i}", ts=T0, kind=SignalKind.LOG, service="checkout", name=f"t{i}", score=0.9,
                            direction="up", evidence=(f'new ERROR template "boom {i}"',)))
     assert run(c, T0, T0 + 900) == []
+
+
+def test_a_long_incident_keeps_citing_its_deploy() -> None:
+    c = make(change_lookback_s=600.0, window_s=300.0)
+    c.on_change(ChangeEvent(ts=T0 - 60, type="deploy", service="checkout", attrs=(("version", "v9"),)))
+    c.on_signal(sig("a", "checkout", T0))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99"))
+    out = run(c, T0, T0 + 3000)
+    c.on_signal(sig("a", "checkout", T0, end=T0 + 3000))
+    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p99", end=T0 + 3000))
+    out += run(c, T0 + 3015, T0 + 4000)
+    assert [r.status for r in out] == [IncidentStatus.OPEN, IncidentStatus.RESOLVED]
+    assert all(any("deploy v9" in e for e in r.root_causes[0].evidence) for r in out)
