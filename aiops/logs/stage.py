@@ -5,7 +5,7 @@ Three kinds of signal, all keyed by service:
 1. **New template** (name = template id): a template first seen after the service's warm-up
    (``LogSettings.warmup_s`` of event time since its first line), at WARN or above (or, when the
    line has no level, containing error words), once it repeats: ``NEW_MIN_LINES`` lines within
-   ``NEW_WINDOW_S``. One stray line does not page. It ends when the template has been silent
+   ``NEW_WINDOW_S``, spread over ``NEW_MIN_SPAN_S`` at least. One stray line or blip does not page. It ends when the template has been silent
    for ``RECOVER_STEPS`` steps.
 2. **Template burst** (name = template id): a template's count per step departs upward from its
    own baseline (:class:`~aiops.logs.baseline.RateBaseline`): WARN+ / error-word templates by a
@@ -24,7 +24,7 @@ calls it for every step, also empty ones), so each tick closes one step of count
 ...     _ = st.process(LogRecord(ts=i * 10.0, service="api", message=f"GET /x {i}", level="INFO"))
 ...     _ = st.tick(i * 10.0)
 >>> out = [s for i in range(3) for s in st.process(
-...     LogRecord(ts=100.0 + i, service="api", level="ERROR", message=f"connection refused to db:{5430 + i}"))]
+...     LogRecord(ts=100.0 + 10 * i, service="api", level="ERROR", message=f"connection refused to db:{5430 + i}"))]
 >>> [(s.name == out[0].name, s.ts, s.evidence[0][:48]) for s in out]
 [(True, 100.0, 'new ERROR template "connection refused to db:<*>')]
 """
@@ -48,10 +48,13 @@ NEW_MIN_LINES = 3
 """A new template signals once it has this many lines ..."""
 NEW_WINDOW_S = 60.0
 """... within this many seconds."""
-NEW_HORIZON_S = 3600.0
-"""A template that has not repeated enough this long after its first line is no longer 'new'."""
-RECOVER_STEPS = 4
-"""Calm steps before a signal ends."""
+NEW_MIN_SPAN_S = 20.0
+"""... spread over at least this long: a one-off blip of lines in the same second is not a fault."""
+NEW_HORIZON_S = 900.0
+"""A template that has not repeated enough this long after its first line is no longer 'new':
+it has been around, at a low rate; from then on only its bursts count."""
+RECOVER_STEPS = 8
+"""Calm steps before a signal ends (2 minutes at 15 s: intermittent faults do not flap)."""
 CONFIRM_STEPS = 2
 """Consecutive anomalous steps before a burst onset is confirmed."""
 MATURE_STEPS = 20
@@ -294,7 +297,7 @@ class LogStage:
         cutoff = ts - NEW_WINDOW_S
         while times and times[0] < cutoff:
             times.pop(0)
-        if len(times) < NEW_MIN_LINES:
+        if len(times) < NEW_MIN_LINES or ts - times[0] < NEW_MIN_SPAN_S:
             return []
         st.new_state = "active"
         n_window = len(times)
@@ -435,6 +438,12 @@ class LogStage:
     def _step_errors(self, svc: _Service, ts: float, step: int, warm: bool, out: list[Signal]) -> None:
         st = svc.err
         c = svc.err_count
+        # Errors of templates with their own open signal (or confirming one as new) are told there;
+        # counting them again would double the evidence for one cause.
+        for tid, n in svc.err_tids.items():
+            tst = svc.stats.get(tid)
+            if tst is not None and (tst.burst_active is not None or tst.new_state == "candidate"):
+                c -= n
         base = st.baseline
         mean = base.mean
         z = base.z(c)
