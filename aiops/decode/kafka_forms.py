@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import msgspec
+
 from aiops.decode.jsonline import DecodeError, decode_event, decode_metric
 from aiops.records import ChangeEvent, LogRecord, MetricSample, make_labels
 
@@ -174,6 +176,19 @@ def decode_adapter_metric(obj: Any) -> MetricSample:
     return MetricSample(ts=ts, name=name, labels=make_labels(clean), value=value)
 
 
+class _Line(msgspec.Struct):
+    """A metric line in the project's JSON form; unknown fields are ignored, as the contract says."""
+
+    ts: float
+    name: str
+    labels: msgspec.Raw = msgspec.Raw(b"null")
+    value: float | None = None
+
+
+_TYPED_DECODER = msgspec.json.Decoder(list[_Line])
+_LABELS_DECODER = msgspec.json.Decoder(dict[str, str] | None)
+
+
 def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
     for k, v in headers:
         if k == name and v:
@@ -199,8 +214,14 @@ class KafkaDecoder:
     max_line_bytes: int = 64 * 1024
     _labels: dict[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]] = field(
         default_factory=dict, repr=False, compare=False)
+    _raw_labels: dict[Any, tuple[tuple[str, str], ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def metrics(self, value: bytes) -> tuple[list[MetricSample], list[DecodeError]]:
+        fmt = self.metrics_format
+        if fmt != "prometheus_kafka_adapter":
+            typed = self._typed_metrics(value)
+            if typed is not None:
+                return typed, []
         out: list[MetricSample] = []
         errors: list[DecodeError] = []
         try:
@@ -217,7 +238,6 @@ class KafkaDecoder:
                 objs = None
             if objs is not None and len(objs) != len(lines):
                 objs = None  # a line holding two values: let the per-line path reject it
-        fmt = self.metrics_format
         fast = self._fast_metric
         for i, line in enumerate(lines):
             try:
@@ -229,6 +249,49 @@ class KafkaDecoder:
             except DecodeError as exc:
                 errors.append(exc)
         return out, errors
+
+    def _typed_metrics(self, value: bytes) -> list[MetricSample] | None:
+        """Every line in the project's form, parsed and type-checked in C by msgspec; ``None``
+        as soon as anything is unusual (a bad line, a string value, NaN literals, the adapter
+        form, invalid UTF-8), and the general path then decodes the message and names each problem.
+
+        Label sets repeat every scrape, so they are kept as raw JSON bytes and their canonical
+        (sorted, validated) form is looked up by those bytes: no dict is built per sample.
+        """
+        body = value.strip()
+        try:
+            rows = _TYPED_DECODER.decode(b"[" + body.replace(b"\n", b",") + b"]")
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None
+        if len(rows) != body.count(b"\n") + 1:
+            return None  # a line holding two values, or an empty one
+        out: list[MetricSample] = []
+        cache = self._raw_labels
+        for row in rows:
+            ts, v = row.ts, row.value
+            if not 0 <= ts < _INF or not row.name or (v is not None and (v == _INF or v == -_INF)):
+                return None
+            raw = bytes(row.labels)
+            canon = cache.get(raw)
+            if canon is None:
+                canon = self._canon_raw(raw)
+                if canon is None:
+                    return None
+            out.append(MetricSample(ts=ts, name=row.name, labels=canon, value=_NAN if v is None else v))
+        return out
+
+    def _canon_raw(self, raw: bytes) -> tuple[tuple[str, str], ...] | None:
+        try:
+            labels = _LABELS_DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None
+        labels = labels or {}
+        if len(labels) > 64 or any(len(k) > 1024 or len(v) > 1024 for k, v in labels.items()):
+            return None
+        if len(self._raw_labels) >= 200_000:  # bounded: a label explosion must not eat memory
+            self._raw_labels.clear()
+        canon = self._raw_labels[raw] = make_labels(labels)
+        return canon
 
     def _fast_metric(self, obj: dict[str, Any]) -> MetricSample | None:
         """The common well-formed sample without the general validator, or ``None`` to use it.

@@ -141,7 +141,7 @@ def test_any_json_object_never_raises(obj: dict) -> None:
 
 
 metric_objs = st.fixed_dictionaries(
-    {"ts": st.one_of(st.floats(), st.integers(-5, 2**40), st.text(max_size=5), st.none()),
+    {"ts": st.one_of(st.floats(), st.integers(-5, 2**40), st.text(max_size=5), st.none(), st.booleans()),
      "name": st.one_of(st.text(max_size=6), st.integers(), st.none()),
      "value": st.one_of(st.floats(), st.integers(), st.text(max_size=5), st.none(), st.booleans())},
     optional={"labels": st.one_of(st.dictionaries(st.text(max_size=4), st.one_of(st.text(max_size=4), st.integers()),
