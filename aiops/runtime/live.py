@@ -130,6 +130,8 @@ class LiveDaemon:
         self._last_input_wall = 0.0
         self.processed_records = 0
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        self._http_room = asyncio.Condition()
+        self._http_queued = 0
 
     # -- readiness -----------------------------------------------------------------------
 
@@ -139,6 +141,12 @@ class LiveDaemon:
     # -- sources -------------------------------------------------------------------------
 
     async def _deliver_samples(self, samples: list[MetricSample]) -> None:
+        # Push back on the HTTP client (Prometheus waits and keeps its own queue) while more than
+        # live.queue_size pushed records are waiting for the pipeline.
+        async with self._http_room:
+            await self._http_room.wait_for(
+                lambda: self._http_queued == 0 or self._http_queued + len(samples) <= self.settings.live.queue_size)
+            self._http_queued += len(samples)
         await self.inbox.put(InboxItem(list(samples), "remote_write", time.monotonic()))
 
     async def _consume_kafka(self) -> None:
@@ -197,6 +205,10 @@ class LiveDaemon:
         if item.kafka is not None and self.kafka is not None:
             self.kafka.mark_processed(item.kafka)
             await self.kafka.maybe_commit()
+        elif item.source == "remote_write":
+            async with self._http_room:
+                self._http_queued -= len(item.records)
+                self._http_room.notify_all()
         self.metrics.processing.observe(time.monotonic() - item.received)
         if self._newest_ts is not None:
             self.metrics.event_lag.set(now_wall - self._newest_ts)

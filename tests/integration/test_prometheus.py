@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,12 +23,17 @@ from aiops.decide.rules import load_rules
 from aiops.observe.rejects import Rejects
 from aiops.runtime.live import LiveDaemon
 from aiops.sources.prometheus_poll import PrometheusPoller
+from aiops.sources.scenario import load_scenario, read_records
 
 from .conftest import Prometheus, free_port
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AIOPS_")}
 
 
 class Exporter:
@@ -120,7 +128,9 @@ async def test_remote_write_to_daemon_detects_injected_anomaly(prometheus_factor
         await ticker
 
 
-async def test_poller_reads_query_range_without_gaps_or_repeats(prometheus_factory, exporter: Exporter) -> None:  # type: ignore[no-untyped-def]
+async def test_poller_reads_query_range_without_gaps_or_repeats(  # type: ignore[no-untyped-def]
+    prometheus_factory, exporter: Exporter, tmp_path: Path,
+) -> None:
     prom: Prometheus = prometheus_factory(targets=[f"127.0.0.1:{exporter.port}"])
     stop = asyncio.Event()
     ticker = asyncio.create_task(_ticking(exporter, stop))
@@ -146,6 +156,18 @@ async def test_poller_reads_query_range_without_gaps_or_repeats(prometheus_facto
         assert polls >= 3
         assert len(seen) == len(set(seen)), "a sample was read twice"
         assert seen == sorted(seen) and seen == [seen[0] + i for i in range(len(seen))], "a gap between polls"
+
+        # `aiops record --from prometheus` over the same window writes a replayable scenario.
+        out = tmp_path / "recorded"
+        rec = subprocess.run(
+            [sys.executable, "-m", "aiops", "record", "--from", "prometheus", "--start", str(seen[0]),
+             "--end", str(seen[-1] + 1), "--step", "1", "--out", str(out), "--query", query],
+            cwd=REPO, env={**_clean_env(), "AIOPS_PROMETHEUS__URL": prom.url, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=60)
+        assert rec.returncode == 0, rec.stdout + rec.stderr
+        scenario = load_scenario(out)
+        recorded = [r.ts for r in read_records(scenario, Rejects(log_examples=False))]
+        assert recorded == seen and scenario.step == 1.0
     finally:
         stop.set()
         await ticker

@@ -37,7 +37,7 @@ async def test_remote_write_feeds_the_pipeline_like_replay_and_shuts_down_cleanl
     samples = [r for r in records if isinstance(r, MetricSample)]
     port = _free_port()
     settings = load_settings(env={"AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_HTTP__PORT": str(port),
-                                  "AIOPS_LIVE__IDLE_ADVANCE_S": "30"})
+                                  "AIOPS_LIVE__IDLE_ADVANCE_S": "30", "AIOPS_LIVE__QUEUE_SIZE": "600"})
     rules = load_rules(settings.rules_dir)
     out = io.StringIO()
     daemon = LiveDaemon(settings, rules, Topology(), out=out, kafka=False, step_s=STEP)
