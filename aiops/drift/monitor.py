@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from river import drift as river_drift
@@ -157,6 +158,60 @@ class DriftMonitor:
     def active(self) -> list[Signal]:
         """The drift signals currently open."""
         return [e.signal for m in self._models.values() for e in m.episodes.values() if e.signal is not None]
+
+    # -- state --------------------------------------------------------------------------------
+
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able state. ADWIN is rebuilt on restore from the reference and window errors."""
+        models = {}
+        for name, m in self._models.items():
+            ref = m.reference
+            models[name] = {
+                "version": m.version, "service": m.service, "ref_rows": m.ref_rows,
+                "reference": None if ref is None else {
+                    "numeric": {k: v.tolist() for k, v in ref.numeric.items()},
+                    "categorical": {k: dict(v) for k, v in ref.categorical.items()}},
+                "window": [[ts, row] for ts, row in m.window], "ref_errors": m.ref_errors,
+                "errors": [[ts, e] for ts, e in m.errors], "adwin_changed": m.adwin_changed,
+                "last_eval": None if m.last_eval == -math.inf else m.last_eval,
+                "episodes": {k: {"streak": e.streak, "first_ts": e.first_ts,
+                                 "signal": None if e.signal is None else _signal_out(e.signal)}
+                             for k, e in m.episodes.items()},
+            }
+        return {"version": self.SNAPSHOT_VERSION, "models": models,
+                "pending": [[mod, pid, pred, ver] for (mod, pid), (pred, ver) in self._pending.items()]}
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any], settings: DriftSettings) -> DriftMonitor:
+        """Rebuild a monitor from :meth:`snapshot`; raise ``ValueError`` on an unknown version."""
+        if data.get("version") != cls.SNAPSHOT_VERSION:
+            raise ValueError(f"drift snapshot version {data.get('version')!r} is not {cls.SNAPSHOT_VERSION}")
+        mon = cls(settings)
+        for name, d in data["models"].items():
+            m = _Model(version=d["version"], service=d["service"], ref_rows=list(d["ref_rows"]))
+            if d["reference"] is not None:
+                numeric = {k: np.asarray(v, dtype=float) for k, v in d["reference"]["numeric"].items()}
+                edges = {k: stats.quantile_edges(v, settings.bins) for k, v in numeric.items()}
+                m.reference = _Reference(numeric, edges,
+                                         {k: Counter(v) for k, v in d["reference"]["categorical"].items()})
+            m.window = deque((float(ts), row) for ts, row in d["window"])
+            m.ref_errors = [float(e) for e in d["ref_errors"]]
+            m.errors = deque((float(ts), float(e)) for ts, e in d["errors"])
+            if m.errors:
+                m.adwin = river_drift.ADWIN(delta=settings.adwin_delta)
+                for e in (*m.ref_errors, *(e for _, e in m.errors)):
+                    m.adwin.update(e)
+            m.adwin_changed = bool(d["adwin_changed"])
+            m.last_eval = -math.inf if d["last_eval"] is None else float(d["last_eval"])
+            for k, e in d["episodes"].items():
+                m.episodes[k] = _Episode(int(e["streak"]), e["first_ts"],
+                                         None if e["signal"] is None else _signal_in(e["signal"]))
+            mon._models[name] = m
+        for mod, pid, pred, ver in data["pending"]:
+            mon._pending[(mod, pid)] = (pred, ver)
+        return mon
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -283,3 +338,15 @@ class DriftMonitor:
 
     def _close_all(self, m: _Model, name: str, ts: float, why: str) -> list[Signal]:
         return [self._end(ep, ts, (why,)) for ep in m.episodes.values() if ep.signal is not None]
+
+
+def _signal_out(s: Signal) -> dict[str, Any]:
+    return {"id": s.id, "ts": s.ts, "kind": s.kind.value, "service": s.service, "name": s.name, "score": s.score,
+            "direction": s.direction, "evidence": list(s.evidence), "end_ts": s.end_ts,
+            "labels": [list(kv) for kv in s.labels]}
+
+
+def _signal_in(d: dict[str, Any]) -> Signal:
+    return Signal(id=d["id"], ts=float(d["ts"]), kind=SignalKind(d["kind"]), service=d["service"], name=d["name"],
+                  score=float(d["score"]), direction=d["direction"], evidence=tuple(d["evidence"]),
+                  end_ts=d["end_ts"], labels=tuple((str(k), str(v)) for k, v in d["labels"]))

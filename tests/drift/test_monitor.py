@@ -131,3 +131,22 @@ def test_decoder_reasons() -> None:
             assert exc.reason == reason, (bad, exc.reason)
         else:
             raise AssertionError(bad)
+
+
+def test_snapshot_restore_gives_the_same_signals() -> None:
+    import json
+
+    records = stream(4000, shift_from=1500, back_at=2500, error_from=1800)
+    whole = run(records)
+    mon = DriftMonitor(S)
+    first: list[Signal] = []
+    for r in records[:2000]:
+        first += mon.process(r)
+        first += mon.tick(r.ts)
+    restored = DriftMonitor.from_snapshot(json.loads(json.dumps(mon.snapshot())), S)
+    rest: list[Signal] = []
+    for r in records[2000:]:
+        rest += restored.process(r)
+        rest += restored.tick(r.ts)
+    assert [(s.id, s.end_ts) for s in first + rest] == [(s.id, s.end_ts) for s in whole]
+    assert any(s.end_ts is not None for s in rest)
