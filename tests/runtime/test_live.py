@@ -79,3 +79,31 @@ async def test_remote_write_feeds_the_pipeline_like_replay_and_shuts_down_cleanl
     assert live == [json.loads(json.dumps(to_output(d))) for d in expected]
     assert any(d["kind"] == "incident" for d in live), "the fault should open an incident from metrics alone"
     assert truth.root_cause in {rc["service"] for d in live if d["kind"] == "incident" for rc in d["root_causes"]}
+
+
+class _BrokenSink:
+    name = "broken"
+
+    async def start(self) -> None:
+        pass
+
+    def send(self, alert: object) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("sink crashed")
+
+    async def close(self, timeout: float) -> None:
+        self.closed = True
+
+
+async def test_a_dying_task_takes_the_daemon_down_with_exit_code_1() -> None:
+    settings = load_settings(env={"AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_HTTP__PORT": str(_free_port())})
+    daemon = LiveDaemon(settings, load_rules(settings.rules_dir), Topology(), kafka=False, step_s=STEP)
+    sink = _BrokenSink()
+    daemon.sinks.append(sink)  # type: ignore[arg-type]
+    code = await asyncio.wait_for(daemon.run(asyncio.Event()), 10)
+    assert code == 1
+    assert daemon.registry.get_sample_value("aiops_task_failures_total", {"task": "sink_broken"}) == 1
+    assert getattr(sink, "closed", False), "sinks are still closed on the way down"
