@@ -6,17 +6,18 @@ by token count and first token, and within a group a line joins the most similar
 least ``sim_threshold`` of the template's constant positions agree; positions that disagree become
 ``<*>``. What is added for a streaming daemon:
 
-- **Shape cache.** Before any masking or similarity work, a line's digits are mapped to ``0`` with
+- **Shape caches.** Before any masking or similarity work, a line's digits are mapped to ``0`` with
   one ``bytes.translate`` and the result looked up in a dict. Every masking pattern depends only on
   where digits are, not on their values, so lines with the same shape have the same masked text
-  and the same template: the common case costs one translate and one dict lookup.
+  and the same template: the common case costs one translate and one dict lookup. On a miss, the
+  masked text is looked up in a second dict, so an exact masked-shape hit skips the tree too.
 - **Groups.** ``add(line, group)`` keeps lines of different groups (the stage passes the log level)
   in different templates, so an ERROR line never disappears into an INFO template.
 - **Stable ids.** A template's id is a hash of its group and its first masked text; it stays the
   same when the template generalises, when another template merges into it, and across
   snapshot/restore, so downstream state keyed by id survives restarts.
 - **Bounded memory.** At most ``max_templates`` templates are kept; the least recently seen is
-  evicted. The shape cache is cleared when it reaches ``cache_size`` entries.
+  evicted. Each shape cache is cleared when it reaches ``cache_size`` entries.
 
 >>> m = TemplateMiner()
 >>> a = m.add("connection refused to postgres:5432")
@@ -183,6 +184,7 @@ class TemplateMiner:
         self.absorb = absorb
         self._masker = Masker(self.patterns)
         self._cache: dict[str, dict[bytes, Template]] = {}
+        self._masked_cache: dict[str, dict[str, Template]] = {}
         self._buckets: dict[tuple[str, int, str], list[Template]] = {}
         self._siblings: dict[tuple[str, int, int, int, int], list[Template]] = {}
         self._seq = 0
@@ -207,7 +209,23 @@ class TemplateMiner:
                 tpl.size += 1
                 self._lru.move_to_end(tpl.id)
                 return tpl
-        tpl = self._learn(self._masker.mask(line), group)
+        masked = self._masker.mask(line)
+        # Second level: lines that differ in more than digits (hex ids, host names) but mask to
+        # the same text skip the tree as well.
+        mcache = self._masked_cache.get(group)
+        if mcache is None:
+            mcache = self._masked_cache[group] = {}
+        tpl = mcache.get(masked)
+        if tpl is not None and not tpl.alive:
+            tpl = self._resolve(tpl)
+        if tpl is not None:
+            tpl.size += 1
+            self._lru.move_to_end(tpl.id)
+        else:
+            tpl = self._learn(masked, group)
+            if len(mcache) >= self.cache_size:
+                mcache.clear()
+            mcache[masked] = tpl
         if len(cache) >= self.cache_size:
             cache.clear()
         cache[key] = tpl

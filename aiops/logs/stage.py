@@ -202,6 +202,8 @@ class LogStage:
         self._step = 0  # number of ticks so far
         self.lines = 0
         self.truncated = 0
+        self._max_line = settings.max_line_bytes
+        self._ranks: dict[str | None, int | None] = {}  # raw level -> rank, a few distinct values
 
     # -- per line ----------------------------------------------------------------------------
     def process(self, record: LogRecord) -> list[Signal]:
@@ -214,20 +216,26 @@ class LogStage:
                 TemplateMiner(max_templates=self.settings.max_templates_per_service, namespace=record.service),
             )
         message = record.message
-        if len(message) > self.settings.max_line_bytes:
-            message = message[: self.settings.max_line_bytes]
+        if len(message) > self._max_line:
+            message = message[: self._max_line]
             self.truncated += 1
-        rank = level_rank(record.level)
-        group = "" if rank is None else _RANK_NAME[rank]
+        level = record.level
+        rank = self._ranks.get(level, -1)
+        if rank == -1:
+            rank = level_rank(level)
+            if len(self._ranks) < 256:
+                self._ranks[level] = rank
         miner = svc.miner
-        tpl = miner.add(message, group)
+        tpl = miner.add(message, "" if rank is None else _RANK_NAME[rank])
         ts = record.ts
-        out: list[Signal] = []
         if miner.merges:
+            out: list[Signal] = []
             self._apply_merges(svc, ts, out)
+        else:
+            out = []
         st = svc.stats.get(tpl.id)
         if st is None:
-            if len(svc.stats) > len(svc.miner) + 64:
+            if len(svc.stats) > len(miner) + 64:
                 self._prune(svc)
             st = svc.stats[tpl.id] = _TemplateStats(
                 tpl.id, rank, rank is None and _ERROR_WORDS.search(message) is not None, ts, self._step
@@ -243,7 +251,7 @@ class LogStage:
         if len(st.samples) < SAMPLES:
             st.samples.append(message[:300])
         # Lines of a template that already has its own open signal would only repeat that evidence.
-        if ((rank is not None and rank >= 2) or (rank is None and st.errorish)) and st.burst_active is None:
+        if (rank is None and st.errorish or rank is not None and rank >= 2) and st.burst_active is None:
             svc.err.last_ts = ts
             if svc.err_count == 0:
                 svc.err_first_ts = ts

@@ -116,6 +116,7 @@ def test_memory_stays_bounded_on_a_high_cardinality_stream() -> None:
             assert len(m) <= 200
     assert len(m) <= 200 and m.evicted > 1000
     assert sum(len(c) for c in m._cache.values()) <= 2_000
+    assert sum(len(c) for c in m._masked_cache.values()) <= 2_000
     n_tokens = sum(len(t.tokens) for t in m.templates())
     assert sum(len(v) for v in m._siblings.values()) <= n_tokens
     assert sum(len(v) for v in m._buckets.values()) == len(m)
