@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import heapq
 import io
+import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,8 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{spec_path}{at}: invalid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{spec_path}: unreadable: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: PyYAML's parser recurses per level
+        raise ScenarioError(f"{spec_path}: invalid YAML: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ScenarioError(f"{spec_path}: top level must be a mapping")
     where = str(spec_path)
@@ -82,7 +86,8 @@ def load_scenario(path: Path) -> Scenario:
     if not isinstance(description, str):
         raise ScenarioError(f"{where}: 'description' is required and must be a string")
     step = doc.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                             or not 0 < _num(step, "'step'", where) < math.inf):
         raise ScenarioError(f"{where}: 'step' must be a positive number of seconds")
     return Scenario(
         path=path,
@@ -114,7 +119,13 @@ def _topology(raw: Any, where: str) -> dict[str, tuple[str, ...]]:
 def _num(raw: Any, what: str, where: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise ScenarioError(f"{where}: {what} must be a number, got {raw!r}")
-    return float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer beyond float range
+        value = math.inf
+    if not math.isfinite(value):
+        raise ScenarioError(f"{where}: {what} must be a finite number, got {str(raw)[:40]}")
+    return value
 
 
 def _expect(raw: Any, where: str) -> Expect | None:
@@ -123,6 +134,9 @@ def _expect(raw: Any, where: str) -> Expect | None:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: 'expect' must be a mapping")
     incidents = []
+    for key in ("incidents", "quiet"):
+        if not isinstance(raw.get(key) or [], list):
+            raise ScenarioError(f"{where}: expect.{key} must be a list")
     for i, inc in enumerate(raw.get("incidents") or []):
         at = f"expect.incidents[{i}]"
         if not isinstance(inc, dict):
@@ -130,6 +144,9 @@ def _expect(raw: Any, where: str) -> Expect | None:
         rc = inc.get("root_cause")
         if not isinstance(rc, dict) or not isinstance(rc.get("service"), str):
             raise ScenarioError(f"{where}: {at}.root_cause.service is required")
+        for key in ("metric", "template"):
+            if rc.get(key) is not None and not isinstance(rc.get(key), str):
+                raise ScenarioError(f"{where}: {at}.root_cause.{key} must be a string")
         actions = inc.get("actions")
         if actions is not None and (not isinstance(actions, list) or not all(isinstance(a, str) for a in actions)):
             raise ScenarioError(f"{where}: {at}.actions must be a list of action types")
@@ -164,25 +181,29 @@ def _read_lines(
     stream = _open(path)
     if stream is None:
         return
-    with stream:
-        reader = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
-        lineno = 0
-        while True:
-            line = reader.readline(MAX_LINE_BYTES + 1)
-            if not line:
-                break
-            lineno += 1
-            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                rejects.reject("scenario", "line_too_long", where=f"{path.name}:{lineno}")
-                while line and not line.endswith(b"\n"):  # skip the rest of the line
-                    line = reader.readline(MAX_LINE_BYTES)
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield decode(parse_json(line))
-            except DecodeError as exc:
-                rejects.reject("scenario", exc.reason, where=f"{path.name}:{lineno}", detail=exc.detail)
+    lineno = 0
+    try:
+        with stream:
+            reader = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
+            while True:
+                line = reader.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    break
+                lineno += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    rejects.reject("scenario", "line_too_long", where=f"{path.name}:{lineno}")
+                    while line and not line.endswith(b"\n"):  # skip the rest of the line
+                        line = reader.readline(MAX_LINE_BYTES)
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield decode(parse_json(line))
+                except DecodeError as exc:
+                    rejects.reject("scenario", exc.reason, where=f"{path.name}:{lineno}", detail=exc.detail)
+    except (OSError, EOFError, zlib.error) as exc:
+        # A truncated or damaged .gz (an interrupted copy): keep what was read, count the rest as lost.
+        rejects.reject("scenario", "unreadable_file", where=f"{path.name}:{lineno + 1}", detail=str(exc)[:200])
 
 
 def _ts_key(record: Record) -> float:
