@@ -50,7 +50,8 @@ from scipy.special import log_ndtr
 _LN10 = math.log(10.0)
 _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # mean absolute deviation -> sigma for Gaussian noise
 
-FEATURES = ("value", "season", "shift", "season_shift", "volatility")
+RANGE_FEATURES = ("value", "season", "shift", "season_shift", "volatility")
+FEATURES = RANGE_FEATURES + ("transition",)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class ScorerParams:
     w_shift: float = 0.3
     w_season_shift: float = 0.1
     w_volatility: float = 0.1
+    w_transition: float = 0.005  # per unit of -log10 P(level transition), see trans_bins
+    trans_bins: int = 6  # levels the value's range is cut into for transition novelty (0 = off)
     range_decay: float = 2e-5  # per sample: how fast an old extreme fades (~50k samples)
     quiet_steps: int = 20  # after a score >= 0.5, this many samples only score if they beat it
     alpha_fast: float = 0.3  # fast EWMA (a few samples)
@@ -92,7 +95,7 @@ class ScoreBatch:
 
 # per-series float64 state; "hi_*"/"lo_*" are the feature ranges
 _STATE = ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "run", "cfast", "s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first") + tuple(
-    f"{b}_{f}" for f in FEATURES for b in ("hi", "lo"))
+    f"{b}_{f}" for f in RANGE_FEATURES for b in ("hi", "lo")) + ("t_prev",)
 _CONF = ("up_ok", "down_ok", "sens", "rel_floor", "abs_floor")
 _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, "abs_floor": 1e-9}
 
@@ -107,7 +110,9 @@ class BatchScorer:
     def __init__(self, params: ScorerParams | None = None) -> None:
         self.params = params or ScorerParams()
         p = self.params
-        self._w = np.array([p.w_value, p.w_season, p.w_shift, p.w_season_shift, p.w_volatility])
+        self._w = np.array([p.w_value, p.w_season, p.w_shift, p.w_season_shift, p.w_volatility, p.w_transition])
+        nb = max(p.trans_bins, 1)
+        self._trans = np.zeros((0, nb * nb), dtype=np.float32)  # transition counts between levels
         self.size = 0
         self._cap = 0
         self._arrays: dict[str, np.ndarray] = {name: np.zeros(0) for name in _STATE + _CONF}
@@ -126,6 +131,9 @@ class BatchScorer:
         season = np.full((cap, self._season.shape[1]), np.nan, dtype=np.float32)
         season[: self.size] = self._season[: self.size]
         self._season = season
+        trans = np.zeros((cap, self._trans.shape[1]), dtype=np.float32)
+        trans[: self.size] = self._trans[: self.size]
+        self._trans = trans
         self._cap = cap
 
     def add_series(self, count: int = 1, *, up: bool = True, down: bool = True, sensitivity: float = 1.0,
@@ -139,6 +147,8 @@ class BatchScorer:
         for name in _STATE:
             a[name][sl] = 0.0
         self._season[sl] = np.nan
+        self._trans[sl] = 0.0
+        a["t_prev"][sl] = -1.0
         a["up_ok"][sl] = 1.0 if up else 0.0
         a["down_ok"][sl] = 1.0 if down else 0.0
         a["sens"][sl] = sensitivity
@@ -149,7 +159,8 @@ class BatchScorer:
     @property
     def bytes_per_series(self) -> int:
         """State and configuration bytes held per series."""
-        return sum(arr.itemsize for arr in self._arrays.values()) + self._season.itemsize * self._season.shape[1]
+        return (sum(arr.itemsize for arr in self._arrays.values()) + self._season.itemsize * self._season.shape[1]
+                + self._trans.itemsize * self._trans.shape[1])
 
     # -- the hot path --------------------------------------------------------------------
     def update(self, idx: np.ndarray, values: np.ndarray, ts: np.ndarray | float | None = None) -> ScoreBatch:
@@ -268,7 +279,31 @@ class BatchScorer:
         nov_up = np.zeros((len(FEATURES), len(i)))
         nov_down = np.zeros((len(FEATURES), len(i)))
         keep = 1.0 - p.range_decay
-        for k, name in enumerate(FEATURES):
+        # transition novelty (a light form of CAD OSE's context novelty): the value's range is
+        # cut into trans_bins levels; a move between levels the series has rarely made scores
+        # -log10 of its smoothed frequency among the moves out of the previous level
+        if p.trans_bins:
+            tb = p.trans_bins
+            hi, lo = a["hi_value"][i], a["lo_value"][i]
+            has = (a["n"][i] > 1) & (hi > lo)
+            lvl = np.where(has, np.clip(((x - lo) / np.where(has, hi - lo, 1.0) * tb).astype(np.intp), 0, tb - 1), -1)
+            prev_lvl = a["t_prev"][i].astype(np.intp)
+            go = (lvl >= 0) & (prev_lvl >= 0)
+            row = np.where(go, prev_lvl, 0) * tb
+            cell = row + np.where(go, lvl, 0)
+            g = np.flatnonzero(go)
+            gi = i[g]
+            counts = self._trans[gi, cell[g]].astype(np.float64)
+            totals = self._trans[gi[:, None], row[g][:, None] + np.arange(tb)[None, :]].sum(axis=1, dtype=np.float64)
+            t_nov = np.zeros(len(i))
+            t_nov[g] = -np.log10((counts + 0.5) / (totals + 0.5 * tb))
+            t_up = np.zeros(len(i), dtype=bool)
+            t_up[g] = lvl[g] >= prev_lvl[g]
+            self._trans[gi, cell[g]] += 1.0
+            a["t_prev"][i] = np.where(lvl >= 0, lvl, a["t_prev"][i])
+            nov_up[5] = np.where(t_up, t_nov, 0.0)
+            nov_down[5] = np.where(t_up, 0.0, t_nov)
+        for k, name in enumerate(RANGE_FEATURES):
             f, ok = feats[k], ready[k]
             hi, lo = a["hi_" + name][i], a["lo_" + name][i]
             seen = a["n"][i] > 1 if k in (0, 2, 4) else a["s_n"][i] > 1
@@ -328,6 +363,7 @@ class BatchScorer:
             "arrays": {k: v[: self.size].tolist() for k, v in self._arrays.items()},
             # NaN (an unvisited bin) is not JSON: None stands in for it
             "season": [[None if math.isnan(v) else v for v in row] for row in season.tolist()],
+            "transitions": self._trans[: self.size].astype(np.float64).tolist(),
         }
 
     @classmethod
@@ -345,4 +381,5 @@ class BatchScorer:
                 obj._arrays[k][:size] = np.asarray(v, dtype=np.float64)
         if size:
             obj._season[:size] = np.array(data["season"], dtype=np.float64).astype(np.float32)
+            obj._trans[:size] = np.array(data["transitions"], dtype=np.float64).astype(np.float32)
         return obj

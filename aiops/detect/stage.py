@@ -244,6 +244,7 @@ _FEATURE_WORDS = {
     "shift": "level shift",
     "season_shift": "sustained departure from the daily pattern",
     "volatility": "volatility change",
+    "transition": "a jump between levels it rarely makes",
 }
 
 
