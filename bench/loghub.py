@@ -10,7 +10,8 @@ writes ``<*>``, which Drain3 treats as a parameter). Both are scored with the lo
 Timing: each data set is mined ``--timing-runs`` times with a fresh miner; the median is reported.
 ``--repeat N`` also times one miner over all data sets concatenated N times (the large-stream
 mode); since our miner caches line shapes, that stream mostly hits the cache, so the cold
-per-data-set figure is printed beside it.
+per-data-set figure is printed beside it. ``--stream N`` mines a generated stream of N lines with
+high-cardinality variable tokens and reports templates kept (capped) and memory growth.
 
     python bench/loghub.py --data /work/shared/data/loghub [--datasets A,B] [--repeat N]
 
@@ -24,7 +25,10 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import random
+import resource
 import statistics
+import string
 import sys
 import time
 from pathlib import Path
@@ -99,6 +103,59 @@ def run_drain3(lines: list[str]) -> tuple[list[str], dict[str, str], float]:
     return [str(c) for c in assigned], texts, elapsed
 
 
+def generated_stream(n: int, seed: int = 0) -> list[str]:
+    """A service-log-like stream with high-cardinality variable tokens: numbers, hex ids, user and
+    host names, paths, and 10 % free-text lines that never repeat (each one a new template)."""
+    rng = random.Random(seed)
+    letters = string.ascii_lowercase
+
+    def word(k: int = 8) -> str:
+        return "".join(rng.choice(letters) for _ in range(rng.randint(3, k)))
+
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.5:
+            out.append(f"GET /api/v1/orders/{rng.getrandbits(30)} 200 in {rng.randint(1, 999)}ms "
+                       f"from 10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}")
+        elif r < 0.6:
+            out.append(f"user {word()} logged in from host {word()}.example.com session {rng.getrandbits(64):x}")
+        elif r < 0.7:
+            out.append(f"cache miss for key {word()}:{word()} in region {word()} took {rng.random():.3f}s")
+        elif r < 0.8:
+            out.append(f"request id={rng.getrandbits(128):032x} trace {word(12)} span {word(12)} status ok")
+        elif r < 0.9:
+            out.append(f"processing file /data/{word()}/{word()}.csv for tenant {word()} with {rng.randint(1, 10**6)} rows")
+        else:
+            out.append(" ".join(word() for _ in range(rng.randint(2, 12))))
+    return out
+
+
+def stream_run(n: int, with_drain3: bool) -> None:
+    """Mine a generated high-cardinality stream; report lines/s, templates kept and memory."""
+    lines = generated_stream(n)
+    miner = TemplateMiner()
+    add = miner.add
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for line in lines:
+        add(line)
+    el = time.perf_counter() - t0
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    caches = sum(len(c) for c in miner._cache.values()) + sum(len(c) for c in miner._masked_cache.values())
+    print(f"generated stream ({n:,} lines, high-cardinality tokens): ours {n / el:,.0f} lines/s, "
+          f"templates kept {len(miner)} (cap {miner.max_templates}), evicted {miner.evicted}, cache entries "
+          f"{caches}, peak RSS growth {(rss1 - rss0) / 1024:.0f} MiB")
+    if with_drain3:
+        d3 = drain3_miner()
+        t0 = time.perf_counter()
+        for line in lines:
+            d3.add_log_message(line)
+        el3 = time.perf_counter() - t0
+        print(f"generated stream: Drain3 {n / el3:,.0f} lines/s, {len(d3.drain.clusters)} clusters "
+              f"(no cap in its default configuration); speedup {el3 / el:.2f}x")
+
+
 def score(evaluate: Any, ids: list[str], truth: dict[str, tuple[str, str]], groups: list[str],
           texts: dict[str, str]) -> dict[str, float]:
     pred = {lid: (g, texts[g]) for lid, g in zip(ids, groups)}
@@ -111,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="", help="comma-separated names (default: every data set found)")
     ap.add_argument("--repeat", type=int, default=1, help="also time one stream of all data sets N times")
     ap.add_argument("--timing-runs", type=int, default=3, help="timed runs per data set; the median is shown")
+    ap.add_argument("--stream", type=int, default=0,
+                    help="also mine a generated high-cardinality stream of N lines (memory bound check)")
+    ap.add_argument("--stream-drain3", action="store_true", help="run Drain3 on the generated stream too")
     args = ap.parse_args(argv)
 
     names = [n for n in args.datasets.split(",") if n] or discover(args.data)
@@ -159,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         lps, d3lps = len(stream) / el, len(stream) / el3
         print(f"large stream ({len(stream):,} lines = {len(names)} data sets x {args.repeat}, one miner): "
               f"ours {lps:,.0f} lines/s, Drain3 {d3lps:,.0f} lines/s, speedup {lps / d3lps:.2f}x")
+    if args.stream:
+        stream_run(args.stream, args.stream_drain3)
     print(f"summary: GA={avg['GA']:.4f} PA={avg['PA']:.4f} FGA={avg['FGA']:.4f} FTA={avg['FTA']:.4f} "
           f"lines_per_s={lps:.0f} drain3_GA={d3avg['GA']:.4f} drain3_FGA={d3avg['FGA']:.4f} "
           f"drain3_lines_per_s={d3lps:.0f} speedup={lps / d3lps:.3f} cold_speedup={cold_ours / cold_d3:.3f}")

@@ -290,7 +290,7 @@ class TemplateMiner:
     def _kind(self, token: str) -> int:
         kind = self._kinds.get(token)
         if kind is None:
-            if len(self._kinds) > 100_000:
+            if len(self._kinds) > 20_000:
                 self._kinds.clear()
             kind = self._kinds[token] = token_kind(token)
         return kind

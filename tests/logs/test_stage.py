@@ -201,3 +201,15 @@ def test_a_megabyte_line_is_truncated_not_fatal():
     stage.process(LogRecord(ts=2.0, service="api", message=("a1 " * 400_000), level=None))
     assert stage.truncated == 2
     assert len(json.dumps(stage.snapshot())) < 4 * 64 * 1024 + 10_000
+
+
+def test_stage_state_stays_bounded_with_the_template_cap():
+    rng = random.Random(10)
+    stage = LogStage(LogSettings(warmup_s=60, max_templates_per_service=20))
+    words = lambda: " ".join("".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(4))  # noqa: E731
+    _run(stage, lambda k: [("api", rng.choice(["ERROR", "INFO", None]), words()) for _ in range(30)], steps=200)
+    svc = stage._services["api"]
+    assert len(svc.miner) <= 20
+    assert len(svc.stats) <= 20 + 64 + 1
+    assert len(svc.touched) <= len(svc.stats)
+    assert len(json.dumps(stage.snapshot())) < 100_000
