@@ -63,11 +63,11 @@ class ScorerParams:
     w_value: float = 1.0  # feature weights: how much novelty in each counts
     w_season: float = 0.2
     w_shift: float = 0.3
-    w_season_shift: float = 0.1
-    w_volatility: float = 0.1
+    w_season_shift: float = 0.0  # off by default: no gain on NAB once transitions are scored
+    w_volatility: float = 0.0  # off by default: likewise
     w_transition: float = 0.005  # per unit of -log10 P(level transition), see trans_bins
     trans_bins: int = 6  # levels the value's range is cut into for transition novelty (0 = off)
-    range_decay: float = 2e-5  # per sample: how fast an old extreme fades (~50k samples)
+    range_decay: float = 5e-6  # per sample: how fast an old extreme fades (~200k samples, a month at 15 s)
     quiet_steps: int = 20  # after a score >= 0.5, this many samples only score if they beat it
     alpha_fast: float = 0.3  # fast EWMA (a few samples)
     alpha_slow: float = 0.01  # slow EWMA for level shifts (~100 samples)
@@ -304,6 +304,8 @@ class BatchScorer:
             nov_up[5] = np.where(t_up, t_nov, 0.0)
             nov_down[5] = np.where(t_up, 0.0, t_nov)
         for k, name in enumerate(RANGE_FEATURES):
+            if self._w[k] == 0.0 and not (k == 0 and p.trans_bins):
+                continue  # a feature without weight cannot score: skip its cost (transitions need the value range)
             f, ok = feats[k], ready[k]
             hi, lo = a["hi_" + name][i], a["lo_" + name][i]
             seen = a["n"][i] > 1 if k in (0, 2, 4) else a["s_n"][i] > 1

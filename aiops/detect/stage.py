@@ -228,9 +228,9 @@ class MetricDetectStage:
         obj = cls(settings, overrides)
         obj.scorer = BatchScorer.from_snapshot(data["scorer"])
         meta = [(str(k), s, str(m)) for k, s, m in data["series"]]
+        obj._grow(len(meta))  # before _meta is set: _grow copies len(_meta) rows of the old arrays
         obj._meta = meta
         obj._index = {k: i for i, (k, _, _) in enumerate(meta)}
-        obj._grow(len(meta))
         for k, v in data["state"].items():
             if k in obj._st:
                 obj._st[k][: len(meta)] = np.asarray(v, dtype=np.float64)
