@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from aiops.observe.rejects import Rejects
 from aiops.records import Labels, MetricSample, PointKind, SeriesPoint
@@ -187,6 +188,64 @@ class MetricDeriver:
         out, self._ready = self._ready, []
         return out
 
+    # -- state ---------------------------------------------------------------------------
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, JSON-able state, versioned; insertion order is kept because it orders the output points.
+
+        >>> from aiops.observe.rejects import Rejects
+        >>> d = MetricDeriver(15, 4, 20, Rejects(log_examples=False))
+        >>> d.add(MetricSample(0.0, "jobs_total", (("service", "api"),), 10.0))
+        >>> e = MetricDeriver.from_snapshot(d.snapshot(), 15, 4, 20, Rejects(log_examples=False))
+        >>> e.add(MetricSample(15.0, "jobs_total", (("service", "api"),), 40.0))
+        >>> [(ts, p[0].value) for ts, p in e.flush(30)]
+        [(15.0, 2.0)]
+        """
+        def members(m: dict[Labels, _Member]) -> list[list[Any]]:
+            return [[_labels_out(lb), x.rate, x.step] for lb, x in m.items()]
+
+        return {
+            "version": self.SNAPSHOT_VERSION,
+            "step_s": self.step_s,
+            "step": self._step,
+            "last": [[name, _labels_out(lb), ts, v] for (name, lb), (ts, v) in self._last.items()],
+            "rates": [[svc, name, members(m)] for (svc, name), m in self._rates.items()],
+            "errors": [[svc, name, members(m)] for (svc, name), m in self._errors.items()],
+            "status_groups": [[svc, name] for svc, name in self._status_groups],
+            "hist": [[svc, base, [[le, members(m)] for le, m in by_le.items()]]
+                     for (svc, base), by_le in self._hist.items()],
+            "gauges": [[name, _labels_out(lb), v] for (name, lb), v in self._gauges.items()],
+            "ready": [[ts, [[p.ts, p.key, p.service, p.metric, p.kind.value, p.value] for p in pts]]
+                      for ts, pts in self._ready],
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any], step_s: float, stale_steps: int, max_gap_steps: int,
+                      rejects: Rejects) -> MetricDeriver:
+        """Rebuild a deriver from :meth:`snapshot` output; ``step_s`` must be the one it was saved with."""
+        if data.get("version") != cls.SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported deriver snapshot version {data.get('version')!r}")
+        if float(data["step_s"]) != float(step_s):
+            raise ValueError(f"deriver state was saved with step {data['step_s']} s, not {step_s} s")
+        d = cls(step_s, stale_steps, max_gap_steps, rejects)
+
+        def members(rows: list[list[Any]]) -> dict[Labels, _Member]:
+            return {_labels_in(lb): _Member(float(rate), int(step)) for lb, rate, step in rows}
+
+        d._step = None if data["step"] is None else int(data["step"])
+        d._last = {(str(name), _labels_in(lb)): (float(ts), float(v)) for name, lb, ts, v in data["last"]}
+        d._rates = {(svc, str(name)): members(rows) for svc, name, rows in data["rates"]}
+        d._errors = {(svc, str(name)): members(rows) for svc, name, rows in data["errors"]}
+        d._status_groups = {(svc, str(name)) for svc, name in data["status_groups"]}
+        d._hist = {(svc, str(base)): {float(le): members(rows) for le, rows in by_le}
+                   for svc, base, by_le in data["hist"]}
+        d._gauges = {(str(name), _labels_in(lb)): float(v) for name, lb, v in data["gauges"]}
+        d._ready = [(float(ts), [SeriesPoint(float(p[0]), str(p[1]), p[2], str(p[3]), PointKind(p[4]), float(p[5]))
+                                 for p in pts]) for ts, pts in data["ready"]]
+        # Routes are a pure function of (name, labels): recomputed lazily on the next sample.
+        return d
+
     def _close_until(self, next_step: int) -> None:
         assert self._step is not None
         # Empty steps in between still carry fresh rates; beyond staleness there is nothing to emit.
@@ -237,6 +296,14 @@ class MetricDeriver:
             key = name + "{" + ",".join(f"{k}={v}" for k, v in labels if k != "service") + "}"
             points.append(SeriesPoint(ts, f"{service}/{key}", service, name, PointKind.GAUGE, value))
         return points
+
+
+def _labels_out(labels: Labels) -> list[list[str]]:
+    return [[k, v] for k, v in labels]
+
+
+def _labels_in(rows: list[list[str]]) -> Labels:
+    return tuple((str(k), str(v)) for k, v in rows)
 
 
 def _point(ts: float, service: str | None, metric: str, kind: PointKind, value: float) -> SeriesPoint:
