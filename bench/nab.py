@@ -136,6 +136,22 @@ def main(argv: list[str] | None = None) -> int:
         s, f = swept[prof], fixed[prof]
         print(f"{prof:<20} {s['score']:8.2f} {s['threshold']:9.4g} {f['score']:8.2f} {f['threshold']:6.3g}  "
               f"{s['tp_windows']}/{s['fn_windows']}/{s['fp_points']}")
+    # per category, at the corpus-wide thresholds: does one configuration carry across kinds of data?
+    cats = sorted({rel.split("/")[0] for rel in corpus})
+    if len(cats) > 1:
+        print(f"{'category':<24} {'files':>5} {'standard@swept':>15} {'standard@fixed':>15}")
+        for cat in cats:
+            sub = {rel: g for rel, g in corpus.items() if rel.startswith(cat + "/")}
+            if not any(g.n_windows for g in sub.values()):
+                fps = sum(int(((results[r] >= settings.threshold) & g.scored).sum()) for r, g in sub.items())
+                print(f"{cat:<24} {len(sub):>5} {'(no windows)':>15} {f'{fps} FP rows':>15}")
+                continue
+            res = {r: results[r] for r in sub}
+            at_swept = nab.score(sub, res, {"standard": profiles["standard"]},
+                                 {"standard": swept["standard"]["threshold"]})["standard"]["score"]
+            at_fixed = nab.score(sub, res, {"standard": profiles["standard"]},
+                                 {"standard": settings.threshold})["standard"]["score"]
+            print(f"{cat:<24} {len(sub):>5} {at_swept:15.2f} {at_fixed:15.2f}")
     print("summary: " + " ".join([
         f"files={len(rels)}", f"rows={rows}",
         f"standard={swept['standard']['score']:.2f}",

@@ -1,0 +1,102 @@
+"""The batched scorer: batching is invisible, state round-trips, and each feature does its job."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from aiops.detect import BatchScorer, ScorerParams
+from aiops.detect.core import FEATURES
+
+DAY = 86400.0
+
+
+def series(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = 10 + np.sin(np.arange(n) / 7.0) + 0.3 * rng.standard_normal(n)
+    v[rng.random(n) < 0.05] = np.nan
+    return v
+
+
+def stream(scorer: BatchScorer, idx: np.ndarray, vals: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    return np.array([scorer.update(idx, vals[k], ts[k]).score for k in range(len(vals))])
+
+
+def test_batching_does_not_change_scores() -> None:
+    n, m = 300, 5
+    vals = np.stack([series(n, s) for s in range(m)], axis=1)
+    ts = np.arange(n, dtype=float)[:, None] * 600.0 + np.zeros(m)
+    together = BatchScorer()
+    both = stream(together, together.add_series(m), vals, ts)
+    for j in range(m):
+        alone = BatchScorer()
+        one = stream(alone, alone.add_series(1), vals[:, j : j + 1], ts[:, j : j + 1])
+        np.testing.assert_array_equal(one[:, 0], both[:, j])
+
+
+def test_subset_updates_leave_other_series_alone() -> None:
+    s = BatchScorer(ScorerParams(warmup=3))
+    idx = s.add_series(3)
+    for k in range(10):
+        s.update(idx, np.array([1.0 + k % 2, 5.0, 7.0]), k * 60.0)
+    before = s.snapshot()["arrays"]
+    s.update(idx[:1], np.array([1.5]), 600.0)
+    after = s.snapshot()["arrays"]
+    for name in before:
+        assert before[name][1:] == after[name][1:], name
+
+
+def test_snapshot_round_trip_with_a_seasonal_profile() -> None:
+    n = 600  # more than a day at 5 min, so the profile and the transitions are in use
+    vals = series(n, 3)[:, None]
+    ts = np.arange(n, dtype=float)[:, None] * 300.0
+    ref = BatchScorer()
+    full = stream(ref, ref.add_series(1), vals, ts)
+    first = BatchScorer()
+    idx = first.add_series(1)
+    head = stream(first, idx, vals[:400], ts[:400])
+    restored = BatchScorer.from_snapshot(json.loads(json.dumps(first.snapshot())))
+    tail = stream(restored, idx, vals[400:], ts[400:])
+    np.testing.assert_array_equal(np.concatenate([head, tail]), full)
+
+
+def test_seasonal_profile_explains_a_daily_pattern() -> None:
+    # a square wave that jumps twice a day: after a day of learning the jumps are expected
+    step = 300.0
+    n = int(4 * DAY / step)
+    t = np.arange(n) * step
+    vals = np.where((t % DAY) < DAY / 2, 10.0, 50.0) + 0.1 * np.random.default_rng(1).standard_normal(n)
+    s = BatchScorer()
+    idx = s.add_series(1)
+    zs = np.array([s.update(idx, vals[k : k + 1], t[k]).z[0] for k in range(n)])
+    jumps = np.flatnonzero(np.abs(np.diff(vals)) > 20) + 1
+    late = jumps[t[jumps] > 2 * DAY]
+    assert len(late) >= 3
+    assert np.all(np.abs(zs[late]) < 4), zs[late]
+
+
+def test_novelty_fires_once_for_a_level_shift() -> None:
+    vals = np.r_[series(200, 4), np.full(100, 30.0)]
+    s = BatchScorer()
+    idx = s.add_series(1)
+    out = [s.update(idx, vals[k : k + 1], k * 60.0) for k in range(len(vals))]
+    scores = np.array([o.score[0] for o in out])
+    assert scores[200] > 0.9 and FEATURES[out[200].feature[0]] == "value"
+    assert np.all(scores[201:] < 0.5)  # the shift is the new normal: no repeats
+
+
+def test_direction_mask_and_sensitivity() -> None:
+    vals = np.r_[series(200, 5), [2.0]]
+    s = BatchScorer()
+    up_only = s.add_series(1, down=False)
+    both = s.add_series(1)
+    touchy = s.add_series(1, sensitivity=4.0)
+    for k in range(len(vals)):
+        out = s.update(np.r_[up_only, both, touchy], np.full(3, vals[k]), k * 60.0)
+    assert out.score[0] == 0.0 and out.score[1] > 0.5 and out.score[2] > out.score[1]
+    assert out.z[1] < 0
+
+
+def test_state_stays_small() -> None:
+    assert BatchScorer().bytes_per_series <= 2048
