@@ -147,21 +147,29 @@ class MetricDeriver:
         elif step < self._step:
             self._rejects.reject("derive", "late_sample", detail=f"{sample.name} at {sample.ts}")
             return
-        if math.isnan(sample.value):
+        value = sample.value
+        if math.isnan(value):
             return  # a gap: the series' last rate stands in for it while fresh
+        if math.isinf(value):
+            self._rejects.reject("derive", "infinite_value", detail=f"{sample.name} at {sample.ts}")
+            return
         sid = (sample.name, sample.labels)
         last = self._last.get(sid)
         if last is not None and sample.ts <= last[0]:
             reason = "duplicate_sample" if sample.ts == last[0] else "out_of_order_sample"
             self._rejects.reject("derive", reason, detail=f"{sample.name}{dict(sample.labels)} at {sample.ts}")
             return
-        self._last[sid] = (sample.ts, sample.value)
         if sid in self._routes:
             route = self._routes[sid]
         else:
             route = self._routes[sid] = _route(sample.name, sample.labels)
             if route is not None and route.has_status:
                 self._status_groups.add(route.group)
+        if route is not None and value < 0:
+            # Counters never go below zero; a negative one would read as a reset to a negative rate.
+            self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
+            return
+        self._last[sid] = (sample.ts, value)
         if route is None:
             self._gauges[sid] = sample.value
             return
@@ -170,8 +178,12 @@ class MetricDeriver:
         dt = sample.ts - last[0]
         if dt > self.max_gap_s:
             return  # too long a gap to average over: this sample is the new baseline
-        increase = sample.value - last[1] if sample.value >= last[1] else sample.value  # reset
-        member = _Member(increase / dt, step)
+        increase = value - last[1] if value >= last[1] else value  # reset
+        rate = increase / dt
+        if rate == math.inf:  # a huge jump over a tiny interval: no float holds it
+            self._rejects.reject("derive", "rate_overflow", detail=f"{sample.name} at {sample.ts}")
+            return
+        member = _Member(rate, step)
         if route.le is not None:
             self._hist.setdefault(route.group, {}).setdefault(route.le, {})[sample.labels] = member
         else:
@@ -295,7 +307,10 @@ class MetricDeriver:
             service = dict(labels).get("service")
             key = name + "{" + ",".join(f"{k}={v}" for k, v in labels if k != "service") + "}"
             points.append(SeriesPoint(ts, f"{service}/{key}", service, name, PointKind.GAUGE, value))
-        return points
+        finite = [p for p in points if math.isfinite(p.value)]
+        if len(finite) != len(points):  # sums of near-max rates overflow; a detector must never see inf/NaN
+            self._rejects.reject("derive", "non_finite_point", detail=f"{len(points) - len(finite)} at {ts}")
+        return finite
 
 
 def _labels_out(labels: Labels) -> list[list[str]]:
