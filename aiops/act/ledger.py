@@ -175,6 +175,7 @@ class ActionBook:
     executions: list[tuple[float, str, str]] = field(default_factory=list)  # (ts, target key, type)
     failures: dict[tuple[str, str], float] = field(default_factory=dict)  # (type, target key) -> ts
     ignored: int = 0
+    _by_incident: dict[str, list[str]] = field(default_factory=dict)
 
     def get(self, aid: str) -> Tracked | None:
         return self.actions.get(aid)
@@ -190,6 +191,7 @@ class ActionBook:
             t = self.actions[e.action_id] = Tracked(
                 action_id=e.action_id, incident_id=e.incident_id, type=e.type, target=e.target,
                 state=e.state, planned_ts=e.ts, last_ts=e.ts, params=e.params)
+            self._by_incident.setdefault(e.incident_id, []).append(e.action_id)
         t.state, t.last_ts, t.reason = e.state, e.ts, e.reason
         t.dry_run = t.dry_run or e.dry_run
         t.history.append((e.ts, e.state, e.reason))
@@ -212,7 +214,25 @@ class ActionBook:
         return sum(1 for t in self.actions.values() if t.state in (ActionState.EXECUTING, ActionState.DONE))
 
     def for_incident(self, incident_id: str) -> Iterator[Tracked]:
-        return (t for t in self.actions.values() if t.incident_id == incident_id)
+        return (self.actions[a] for a in self._by_incident.get(incident_id, ()))
+
+    def prune(self, before: float) -> int:
+        """Forget finished actions last changed before ``before`` and older execution history.
+
+        Bounds memory in a long-running daemon. The ledger file keeps everything (audit); a
+        restart re-reads it, so choose ``before`` well past any cooldown, rate window or failure
+        backoff, and past the age of any decision that could still be repeated.
+        """
+        old = [a for a, t in self.actions.items() if t.terminal and t.last_ts < before]
+        for aid in old:
+            t = self.actions.pop(aid)
+            ids = self._by_incident.get(t.incident_id, [])
+            ids.remove(aid)
+            if not ids:
+                self._by_incident.pop(t.incident_id, None)
+        self.executions = [x for x in self.executions if x[0] >= before]
+        self.failures = {k: ts for k, ts in self.failures.items() if ts >= before}
+        return len(old)
 
     def with_state(self, *states: ActionState) -> list[Tracked]:
         return [t for t in self.actions.values() if t.state in states]

@@ -39,8 +39,9 @@ class ActStage:
     """Decisions -> guarded actions; see the module docstring."""
 
     def __init__(self, executor: Executor, *, approve_token: str | None = None,
-                 closers: tuple[Any, ...] = ()) -> None:
+                 closers: tuple[Any, ...] = (), retention_s: float | None = None) -> None:
         self.executor = executor
+        self.retention_s = retention_s
         self.approve_token = approve_token
         self._incidents: dict[str, Incident] = {}
         self._closers = closers
@@ -61,7 +62,10 @@ class ActStage:
         token = _read_token(act.approve_token_file)
         log.info("act_stage_open", ledger=str(act.ledger_path), dry_run=act.dry_run, live=sorted(live_types),
                  known_actions=len(ledger.book.actions), http_approval=token is not None)
-        return cls(Executor(core, ledger, built), approve_token=token, closers=tuple(closers))
+        # Keep finished actions in memory well past every window a guard looks back over.
+        retention = max(7 * 86400.0, rules.limits.failure_backoff_s * 2,
+                        *(r.cooldown_s * 2 for r in (rules.defaults, *rules.actions.values())))
+        return cls(Executor(core, ledger, built), approve_token=token, closers=tuple(closers), retention_s=retention)
 
     async def start(self, now: float) -> list[Action | Alert]:
         return await self.executor.start(now)
@@ -91,6 +95,8 @@ class ActStage:
         self.executor.core.forget_resolved(finished)
         for iid in finished:
             del self._incidents[iid]
+        if self.retention_s is not None:
+            book.prune(now - self.retention_s)
         return out
 
     def routes(self) -> dict[tuple[str, str], Handler]:

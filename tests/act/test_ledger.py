@@ -64,3 +64,21 @@ def test_a_second_writer_is_seen_by_refresh_and_before_appending(tmp_path: Path)
         cli.refresh()
         assert cli.book.get(aid).state is ActionState.EXECUTING
     assert len(path.read_text().splitlines()) == 4
+
+
+def test_prune_forgets_old_finished_actions_only() -> None:
+    from aiops.act.ledger import ActionBook
+
+    book = ActionBook()
+    old = action_id("inc", "scale_up", TARGET)
+    live = action_id("inc2", "scale_up", TARGET)
+    for state, ts in ((ActionState.PLANNED, 1.0), (ActionState.EXECUTING, 2.0), (ActionState.DONE, 3.0),
+                      (ActionState.VERIFIED, 4.0)):
+        book.apply(entry(state, ts))
+    for state, ts in ((ActionState.PLANNED, 5.0), (ActionState.EXECUTING, 6.0)):
+        book.apply(LedgerEntry(ts=ts, action_id=live, state=state, incident_id="inc2", type="scale_up",
+                               target=TARGET))
+    assert book.prune(before=5.0) == 1
+    assert book.get(old) is None and list(book.for_incident("inc")) == []
+    assert [t.action_id for t in book.for_incident("inc2")] == [live]
+    assert book.executions == [(6.0, "service=api", "scale_up")]
