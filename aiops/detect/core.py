@@ -149,12 +149,24 @@ class BatchScorer:
         self._season[sl] = np.nan
         self._trans[sl] = 0.0
         a["t_prev"][sl] = -1.0
-        a["up_ok"][sl] = 1.0 if up else 0.0
-        a["down_ok"][sl] = 1.0 if down else 0.0
-        a["sens"][sl] = sensitivity
-        a["rel_floor"][sl] = rel_floor
-        a["abs_floor"][sl] = abs_floor
-        return np.arange(start, start + count)
+        idx = np.arange(start, start + count)
+        self.configure(idx, up=up, down=down, sensitivity=sensitivity, rel_floor=rel_floor, abs_floor=abs_floor)
+        return idx
+
+    def configure(self, idx: np.ndarray, *, up: bool = True, down: bool = True, sensitivity: float = 1.0,
+                  rel_floor: float = 0.01, abs_floor: float = 1e-9) -> None:
+        """Set which directions are bad, the sensitivity and the scale floors of existing series."""
+        a = self._arrays
+        a["up_ok"][idx] = 1.0 if up else 0.0
+        a["down_ok"][idx] = 1.0 if down else 0.0
+        a["sens"][idx] = sensitivity
+        a["rel_floor"][idx] = rel_floor
+        a["abs_floor"][idx] = abs_floor
+
+    def bad_direction(self, idx: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """True where the sign of ``z`` is a direction that is bad for series ``idx``."""
+        a = self._arrays
+        return np.where(z > 0, a["up_ok"][idx] > 0, a["down_ok"][idx] > 0)
 
     @property
     def bytes_per_series(self) -> int:

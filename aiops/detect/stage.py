@@ -82,7 +82,7 @@ def series_defaults(kind: PointKind, metric: str) -> SeriesDefaults:
 class MetricDetectStage:
     """Streaming per-series anomaly detection, batched across series (see module docstring)."""
 
-    SNAPSHOT_VERSION = 1
+    SNAPSHOT_VERSION = 2
 
     def __init__(self, settings: DetectSettings, overrides: Sequence[MetricOverride] = (),
                  params: ScorerParams | None = None) -> None:
@@ -90,7 +90,7 @@ class MetricDetectStage:
         self.overrides = tuple(overrides)
         self.scorer = BatchScorer(params or ScorerParams(warmup=settings.warmup))
         self._index: dict[str, int] = {}
-        self._meta: list[tuple[str, str | None, str]] = []  # key, service, metric
+        self._meta: list[tuple[str, str | None, str, PointKind]] = []  # key, service, metric, kind
         self._cap = 0
         self._st: dict[str, np.ndarray] = {}
         for name in ("anom_run", "calm_run", "active", "active_ts", "onset_ts", "armed", "peak", "min_dur",
@@ -110,18 +110,24 @@ class MetricDetectStage:
         self._cap = cap
 
     def _register(self, p: SeriesPoint) -> int:
-        d = series_defaults(p.kind, p.metric)
-        o = resolve(self.overrides, p.metric, p.service)
+        i = int(self.scorer.add_series(1)[0])
+        self._grow(i + 1)
+        self._meta.append((p.key, p.service, p.metric, p.kind))
+        self._index[p.key] = i
+        self._configure(i)
+        return i
+
+    def _configure(self, i: int) -> None:
+        """Apply the kind defaults and today's overrides to series ``i``."""
+        _, service, metric, kind = self._meta[i]
+        d = series_defaults(kind, metric)
+        o = resolve(self.overrides, metric, service)
         up, down = d.up, d.down
         if o.direction is not None:
             up, down = o.direction in ("up", "both"), o.direction in ("down", "both")
-        i = int(self.scorer.add_series(1, up=up, down=down, sensitivity=o.sensitivity or 1.0,
-                                       rel_floor=d.rel_floor, abs_floor=d.abs_floor)[0])
-        self._grow(i + 1)
-        self._meta.append((p.key, p.service, p.metric))
+        self.scorer.configure(np.array([i]), up=up, down=down, sensitivity=o.sensitivity or 1.0,
+                              rel_floor=d.rel_floor, abs_floor=d.abs_floor)
         self._st["min_dur"][i] = o.min_duration or self.settings.min_duration
-        self._index[p.key] = i
-        return i
 
     @property
     def series_count(self) -> int:
@@ -149,8 +155,7 @@ class MetricDetectStage:
         st = self._st
         valid = np.isfinite(vals)
         z = out.z
-        sc = self.scorer._arrays  # direction masks live with the scorer's per-series config
-        dir_ok = np.where(z > 0, sc["up_ok"][idx] > 0, sc["down_ok"][idx] > 0)
+        dir_ok = self.scorer.bad_direction(idx, z)
         deviating = valid & dir_ok & (np.abs(z) >= self.settings.confirm_z)
         calm = valid & ~deviating
         sign = np.sign(z)
@@ -169,7 +174,6 @@ class MetricDetectStage:
         # known pattern only the second
         novel = deviating & (out.score >= self.settings.threshold)
         st["armed"][idx[novel]] = 1.0
-        d_idx = idx[deviating]
         better = deviating & (out.score >= st["peak"][idx])
         b_idx = idx[better]
         st["peak"][b_idx] = out.score[better]
@@ -177,7 +181,6 @@ class MetricDetectStage:
         st["on_base"][b_idx] = out.baseline[better]
         st["on_z"][b_idx] = z[better]
         st["on_feature"][b_idx] = out.feature[better]
-        del d_idx
         active = st["active"][idx] > 0
         calm_run = np.where(calm & active, st["calm_run"][idx] + 1, np.where(deviating, 0.0, st["calm_run"][idx]))
         st["calm_run"][idx] = calm_run
@@ -187,7 +190,7 @@ class MetricDetectStage:
         signals: list[Signal] = []
         for k in np.flatnonzero(onset | recover):
             i = int(idx[k])
-            key, service, metric = self._meta[i]
+            key, service, metric, _ = self._meta[i]
             if onset[k]:
                 onset_ts = float(st["onset_ts"][i])
                 st["active"][i] = 1.0
@@ -214,7 +217,7 @@ class MetricDetectStage:
         return {
             "version": self.SNAPSHOT_VERSION,
             "scorer": self.scorer.snapshot(),
-            "series": [list(m) for m in self._meta],
+            "series": [[k, s, m, kind.value] for k, s, m, kind in self._meta],
             "state": {k: v[:n].tolist() for k, v in self._st.items()},
             "duplicates": self.duplicates,
         }
@@ -222,18 +225,20 @@ class MetricDetectStage:
     @classmethod
     def from_snapshot(cls, data: dict[str, Any], settings: DetectSettings,
                       overrides: Sequence[MetricOverride] = ()) -> MetricDetectStage:
-        """Rebuild the stage from :meth:`snapshot` output (settings/overrides are today's)."""
+        """Rebuild the stage from :meth:`snapshot` output; today's settings and overrides apply."""
         if data.get("version") != cls.SNAPSHOT_VERSION:
             raise ValueError(f"unsupported detect snapshot version {data.get('version')!r}")
         obj = cls(settings, overrides)
         obj.scorer = BatchScorer.from_snapshot(data["scorer"])
-        meta = [(str(k), s, str(m)) for k, s, m in data["series"]]
-        obj._grow(len(meta))  # before _meta is set: _grow copies len(_meta) rows of the old arrays
-        obj._meta = meta
-        obj._index = {k: i for i, (k, _, _) in enumerate(meta)}
+        obj._meta = [(str(k), s, str(m), PointKind(kind)) for k, s, m, kind in data["series"]]
+        obj._index = {m[0]: i for i, m in enumerate(obj._meta)}
+        obj._grow(len(obj._meta))
         for k, v in data["state"].items():
             if k in obj._st:
-                obj._st[k][: len(meta)] = np.asarray(v, dtype=np.float64)
+                obj._st[k][: len(obj._meta)] = np.asarray(v, dtype=np.float64)
+        # directions, sensitivities and durations follow today's rules, not the checkpoint's
+        for i in range(len(obj._meta)):
+            obj._configure(i)
         obj.duplicates = int(data.get("duplicates", 0))
         return obj
 

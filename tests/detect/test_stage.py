@@ -192,3 +192,16 @@ def test_every_kind_accepted(kind: PointKind) -> None:
     for t in range(60):
         stage.process(t * STEP, [pt(t * STEP, "k", 1.0 + 0.01 * (t % 2), kind)])
     assert stage.series_count == 1
+
+
+def test_restored_stage_follows_todays_overrides() -> None:
+    vals = noise(400, 200.0, 10.0, 8)
+    vals[300:] = 60.0
+    series = {"r": (PointKind.RATE, "http_requests_total:rate", vals)}
+    first = MetricDetectStage(SETTINGS)
+    run(first, series, 0, 250)
+    snap = json.loads(json.dumps(first.snapshot()))
+    same = MetricDetectStage.from_snapshot(snap, SETTINGS)
+    assert [s.direction for s in run(same, series, 250) if s.end_ts is None] == ["down"]
+    up_only = MetricDetectStage.from_snapshot(snap, SETTINGS, [MetricOverride("http_requests_total:*", direction="up")])
+    assert run(up_only, series, 250) == []
