@@ -253,7 +253,7 @@ def simulate(services: dict[str, ServiceSpec], plan: Plan, ts: np.ndarray, rng: 
         spec = services[name]
         sims[name], agg[name] = _quality_and_draw(
             spec, plan, faults, ts, step, lag, rng, life[name], offered[name], served[name], cap[name],
-            cost[name], shed[name], {e.callee: agg[e.callee] for e in spec.calls}, users)
+            cost[name], shed[name], {e.callee: agg[e.callee] for e in spec.calls})
     return {name: sims[name] for name in services}
 
 
@@ -371,8 +371,7 @@ def _qmult(rho: np.ndarray) -> np.ndarray:
 
 def _quality_and_draw(spec: ServiceSpec, plan: Plan, faults: dict[str, Fault], ts: np.ndarray, step: float,
                       lag: int, rng: np.random.Generator, life: _Life, offered: np.ndarray, served: np.ndarray,
-                      cap: np.ndarray, cost: float, shed: np.ndarray, callees: dict[str, dict[str, np.ndarray]],
-                      users: np.ndarray
+                      cap: np.ndarray, cost: float, shed: np.ndarray, callees: dict[str, dict[str, np.ndarray]]
                       ) -> tuple[ServiceSim, dict[str, np.ndarray]]:
     n, inst = len(ts), spec.instances
     drivers: dict[str, np.ndarray] = {}

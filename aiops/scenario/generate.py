@@ -12,8 +12,9 @@ kind                story                                                 expect
 =================== ===================================================== =================
 bad-deploy          [checkout] a release raises 5xx and p99 1-2 min after  rollback
                     its deploy event; callers log upstream 500/503
-traffic-surge       [search] requests via the frontend jump ``factor``x    scale_up
-                    (4x); CPU saturates, latency climbs, 503s are shed
+traffic-surge       [search] requests via the frontend jump 3-5x (enough   scale_up
+                    to pass capacity at that hour); CPU saturates, latency
+                    climbs, 503s are shed
 datastore-down      [postgres] crash loop (disk full): every query is      (none)
                     refused; callers log ``connection refused``
 latency-injection   [payments] a slow acquirer adds ~1 s to 35 % of calls; (none)
@@ -35,13 +36,13 @@ instances (label ``instance``, e.g. ``checkout-1``). An edge has ``ratio`` (call
 and ``crit`` (share of the callee's failures its caller cannot absorb).
 
 *Traffic*: users hit the frontend at ``peak_rps`` (220/s) times a day curve (two humps at 11:30
-and 20:00 UTC, a lunch shoulder, 16 % at night) times slow AR(1) noise (3.5 %, ~8 min memory)
+and 20:00 UTC, a lunch shoulder, ~20 % at night) times slow AR(1) noise (3.5 %, ~8 min memory)
 and fast noise (1.5 %). Each callee receives its callers' served rate times the edge ratio with
 its own 2 % noise. Faulty kinds start at 06:00 UTC by default, so the window climbs the morning
 ramp; ``quiet-seasonal`` starts at 09:00 and crosses the noon peak. Requests per scrape are
 Poisson draws split by instance (4 % imbalance).
 
-*Capacity*: per-request CPU cost is calibrated so a service runs at its ``rho`` (30-50 %) at the
+*Capacity*: per-request CPU cost is calibrated so a service runs at its ``rho`` (25-50 %) at the
 daily peak. Own latency is log-normal (service median, shape ``sigma``) slowed by
 ``1 + 0.6 rho^3 / (1 - rho)``; above 95 % utilisation the excess is shed as 503. A 1 % slow tail
 (8x median) is always present; fresh processes are slower and hungrier for two minutes.
@@ -60,8 +61,9 @@ services saw-tooth), ``kube_pod_container_status_restarts_total`` (kube-state-me
 OOM kills and crash loops and never resets) and ``up``. Datastores are measured by a proxy
 sidecar that stays up when the datastore dies: it answers refused connections as 503 at once.
 The ML service also exports ``model_prediction_mean``, ``model_online_accuracy`` and
-``model_feature_mean{feature}`` in ``model-drift``. Samples carry the target's scrape offset
-(fixed, ms precision, 0-8 ms jitter).
+``model_feature_mean{feature}`` in ``model-drift``, which also writes ``predictions.jsonl.gz``
+(a sampled prediction log with late labels, the form of :mod:`aiops.drift.records`). Samples
+carry the target's scrape offset (fixed, ms precision, 0-2 ms jitter).
 
 *Bad input*, on purpose: each scrape fails with probability 0.15 % (``up`` 0, the target's other
 samples absent), 30 % of rollouts miss a scrape, OOM kills lose two; three memory samples are
@@ -72,9 +74,9 @@ volume following traffic (``log_rate`` x ``--log-scale``); faults add ERROR/WARN
 the rate the simulated failures occur (rate-limited like production loggers), in the root cause
 and, with the propagation lag, in its callers; restarts log SIGTERM / OOM / start-up lines.
 
-*Events*: rolling deploys of healthy versions (``--deploys`` per 6 h, default 3) and config
-changes (feature flags), kept 30 min away from the fault, in every scenario; the bad deploy
-and its rollback 40 min later; nothing else changes near a non-deploy fault.
+*Events*: rolling deploys of healthy versions of application services (``deploys_per_6h``,
+default 3) and config changes (feature flags), kept 30 min away from the fault, in every
+scenario; the bad deploy and its rollback 40 min later; nothing else changes near other faults.
 
 *Expectations*: ``fault_start`` is the deploy / onset time, ``detect_within`` 300-600 s, quiet
 spans from one hour in (a quarter of the run for short runs) to 60 s before the fault, or the
@@ -402,19 +404,34 @@ def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts
     return len(rows)
 
 
+Row = tuple[str, np.ndarray, bool]
+"""One series of a target: (JSON line prefix with name and labels, values per step, integer-valued)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One scrape target (an instance): its scrape offset and series."""
+
+    offset: float
+    rows: list[Row]  # present only when the scrape succeeds
+    scraped: np.ndarray
+    always: list[Row]  # from kube-state-metrics: present even when the target is down
+    up: tuple[str, np.ndarray]
+
+
 def _write_metrics(path: Path, sims: dict[str, ServiceSim], ts: np.ndarray, step: float,
                    rng: np.random.Generator, ml: dict[str, list[tuple[str, dict[str, str], np.ndarray]]]
                    ) -> tuple[int, int]:
     """Render every target's scrapes in time order; return (lines, series)."""
     n = len(ts)
-    targets: list[tuple[float, list[tuple[str, np.ndarray, bool]], np.ndarray, np.ndarray, str]] = []
+    targets: list[_Target] = []
     series = 0
     for sim in sims.values():
         svc = sim.spec.name
         for inst in sim.instances:
             lab = f'"service":"{svc}","instance":"{inst.name}"'
             uptime = float(rng.uniform(1, 12)) * 3600.0 / (n * step)  # the process started hours ago
-            rows: list[tuple[str, np.ndarray, bool]] = []  # (line prefix, values, is_int)
+            rows: list[Row] = []
             for j, code in enumerate(CODES):
                 rows.append((f'"name":"http_requests_total","labels":{{{lab},"code":"{code}"}}',
                              _cumulative(inst.codes[j], inst.reset, round(uptime * inst.codes[j].sum())), True))
@@ -436,25 +453,25 @@ def _write_metrics(path: Path, sims: dict[str, ServiceSim], ts: np.ndarray, step
             for name, extra, values in ml.get(inst.name, []):
                 extra_txt = "".join(f',"{k}":"{v}"' for k, v in extra.items())
                 rows.append((f'"name":"{name}","labels":{{"service":"{svc}"{extra_txt}}}', values, False))
-            always = [(f'"name":"kube_pod_container_status_restarts_total","labels":{{{lab}}}',
+            always: list[Row] = [(f'"name":"kube_pod_container_status_restarts_total","labels":{{{lab}}}',
                        inst.restarts + int(rng.integers(0, 3)), True)]
             up = (f'"name":"up","labels":{{{lab}}}', inst.scraped.astype(int), True)
             series += len(rows) + 2
             offset = round(float(rng.uniform(0.5, step - 0.5)), 3)
-            targets.append((offset, rows, inst.scraped, always, up))  # type: ignore[arg-type]
+            targets.append(_Target(offset, rows, inst.scraped, always, up))
     # bad input on purpose: a few NaN memory samples and duplicated lines
     nan_at = {(int(rng.integers(len(targets))), int(rng.integers(n))) for _ in range(3)}
     dup_at = {(int(rng.integers(len(targets))), int(rng.integers(n))) for _ in range(3)}
     jitter = rng.integers(0, 3, (len(targets), n)) / 1000.0
-    order = sorted(range(len(targets)), key=lambda i: targets[i][0])
+    order = sorted(range(len(targets)), key=lambda i: targets[i].offset)
     lines: list[str] = []
     for k in range(n):
         for i in order:
-            offset, rows, scraped, always, up = targets[i]  # type: ignore[misc]
-            t = f"{ts[k] + offset + jitter[i, k]:.3f}"
+            tg = targets[i]
+            t = f"{ts[k] + tg.offset + jitter[i, k]:.3f}"
             block: list[str] = []
-            if scraped[k]:
-                for prefix, values, is_int in rows:
+            if tg.scraped[k]:
+                for prefix, values, is_int in tg.rows:
                     v = values[k]
                     if is_int:
                         txt = str(int(v))
@@ -463,9 +480,9 @@ def _write_metrics(path: Path, sims: dict[str, ServiceSim], ts: np.ndarray, step
                     else:
                         txt = repr(round(float(v), 2))
                     block.append(f'{{"ts":{t},{prefix},"value":{txt}}}')
-            for prefix, values, _ in always:
+            for prefix, values, _ in tg.always:
                 block.append(f'{{"ts":{t},{prefix},"value":{int(values[k])}}}')
-            block.append(f'{{"ts":{t},{up[0]},"value":{int(up[1][k])}}}')
+            block.append(f'{{"ts":{t},{tg.up[0]},"value":{int(tg.up[1][k])}}}')
             if (i, k) in dup_at:
                 block.append(block[-1])
             lines.extend(block)
