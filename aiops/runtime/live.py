@@ -105,7 +105,7 @@ class LiveDaemon:
         self.clock = clock
         self.on_action = on_action
         self.sinks = build_sinks(settings, self.metrics)
-        self.kafka = KafkaSource(settings.kafka, self.rejects, self.metrics) if kafka else None
+        self.kafka = self._kafka_source() if kafka else None
         self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=settings.kafka.queue_batches)
         self.remote_write = None
         routes: dict[tuple[str, str], Any] = {}
@@ -132,6 +132,12 @@ class LiveDaemon:
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._http_room = asyncio.Condition()
         self._http_queued = 0
+
+    def _kafka_source(self) -> KafkaSource:
+        # Partitions are aligned to half the reorder buffer's lateness: the other half absorbs
+        # disorder inside a partition.
+        return KafkaSource(self.settings.kafka, self.rejects, self.metrics,
+                           align_slack_s=self.settings.runtime.lateness_s / 2)
 
     # -- readiness -----------------------------------------------------------------------
 
@@ -169,7 +175,7 @@ class LiveDaemon:
                 return True
             except Exception as exc:  # noqa: BLE001 - any connection failure is retried, never fatal
                 log.warning("kafka_connect_failed", error=repr(exc), retry_in_s=delay)
-                self.kafka = KafkaSource(self.settings.kafka, self.rejects, self.metrics)
+                self.kafka = self._kafka_source()
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:

@@ -16,15 +16,17 @@ partition and offset in headers) and never stop the consumer.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from aiops.config import KafkaSettings
 from aiops.decode.jsonline import DecodeError
@@ -37,6 +39,15 @@ log = structlog.get_logger(__name__)
 
 REASON_HEADER = "aiops-reject-reason"
 """Dead-lettered messages carry the rejection reason in this header (plus detail and origin)."""
+
+
+@dataclass(slots=True)
+class _Held:
+    """A decoded message waiting for the other partitions to catch up in event time."""
+
+    offset: int
+    max_ts: float  # -inf for a message with no records (bad input): released as soon as it is first
+    records: list[Record]
 
 
 @dataclass(slots=True)
@@ -97,7 +108,7 @@ class KafkaSource:
 
     def __init__(
         self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
-        *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024,
+        *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
@@ -112,6 +123,9 @@ class KafkaSource:
         self._committed: dict[TopicPartition, int] = {}
         self._last_commit = 0.0
         self._stopping = False
+        self._held: dict[TopicPartition, deque[_Held]] = {}
+        self._head: dict[TopicPartition, float] = {}  # newest event time seen per partition
+        self.align_slack_s = align_slack_s
 
     @property
     def topics(self) -> list[str]:
@@ -147,28 +161,105 @@ class KafkaSource:
         self._stopping = True
 
     async def batches(self) -> AsyncIterator[KafkaBatch]:
-        """Decoded batches until :meth:`request_stop`; dead letters are acknowledged before a batch is yielded."""
+        """Decoded, event-time-aligned batches until :meth:`request_stop`, then what is still held.
+
+        Dead letters are acknowledged before the batch carrying their offsets is yielded.
+        """
         assert self.consumer is not None, "start() first"
         consumer = self.consumer
         while not self._stopping:
             fetched = await consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.settings.max_batch)
-            if not fetched:
-                continue
-            batch = await self._decode(fetched)
-            self._observe_lag(fetched)
+            received = time.monotonic()
+            if fetched:
+                await self._decode(fetched)
+                self._observe_lag(fetched)
+            batch = await self._release(received)
+            if batch is not None:
+                yield batch
+        # Stopping: what was fetched is processed too, so its offsets can be committed.
+        batch = await self._release(time.monotonic(), everything=True)
+        if batch is not None:
             yield batch
 
-    async def _decode(self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> KafkaBatch:
+    async def _frontier(self) -> float:
+        """Event time up to which held messages may be released without starving a partition.
+
+        Kafka hands out a backlog partition by partition, and a topic of logs and one of metrics
+        move at different paces: fed as fetched, one partition's records would run the watermark
+        past another's and those would all be dropped as late. So a message is released only
+        once every partition that still has unread data has shown event time within
+        ``lateness_s / 2`` of it (the reorder buffer absorbs the rest), as Kafka Streams aligns
+        partitions of one task by timestamp.
+        """
+        assert self.consumer is not None
+        frontier = math.inf
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                try:
+                    position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+                except (TimeoutError, KafkaError, IllegalStateError):
+                    continue
+                if position >= high:
+                    continue  # caught up: nothing it could still deliver is older than what it has shown
+            head = self._head.get(tp)
+            if head is None:
+                return -math.inf  # unread data of unknown time: wait until it has shown some
+            frontier = min(frontier, head + self.align_slack_s)
+        return frontier
+
+    async def _release(self, received: float, everything: bool = False) -> KafkaBatch | None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp in [tp for tp in self._held if tp not in assigned]:
+            del self._held[tp]  # revoked in a rebalance: its new owner reads it again
+        if not any(self._held.values()):
+            self._resume_all()
+            return None
+        frontier = math.inf if everything else await self._frontier()
         records: list[Record] = []
         offsets: dict[TopicPartition, int] = {}
+        messages = 0
+        for tp, held in self._held.items():
+            while held and held[0].max_ts <= frontier:
+                h = held.popleft()
+                records.extend(h.records)
+                offsets[tp] = h.offset + 1
+                messages += 1
+        self._flow_control()
+        if not messages:
+            return None
+        # Topics interleave by partition; a stable sort by event time spares the reorder buffer.
+        records.sort(key=_ts)
+        return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received)
+
+    def _flow_control(self) -> None:
+        """Pause partitions holding more than ``max_batch`` messages so fetches go to the laggards."""
+        assert self.consumer is not None
+        cap = self.settings.max_batch
+        paused = self.consumer.paused()
+        for tp, held in self._held.items():
+            if len(held) > cap and tp not in paused:
+                self.consumer.pause(tp)
+            elif len(held) <= cap // 2 and tp in paused:
+                self.consumer.resume(tp)
+
+    def _resume_all(self) -> None:
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+
+    async def _decode(self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         dead: list[asyncio.Future[Any]] = []
-        received = time.monotonic()
         limit = self.settings.max_message_bytes
         decoder = self.decoder
         messages = 0
         counts: dict[str, int] = {}
         for tp, msgs in fetched.items():
             kind = self._kinds.get(tp.topic, "metric")
+            held = self._held.setdefault(tp, deque())
+            head = self._head.get(tp, -math.inf)
             for msg in msgs:
                 messages += 1
                 value = msg.value
@@ -186,9 +277,13 @@ class KafkaSource:
                 else:
                     kafka_ts = msg.timestamp / 1000.0 if msg.timestamp and msg.timestamp > 0 else None
                     got, errors = decoder.events(value, kafka_ts)
+                max_ts = -math.inf
                 if got:
-                    records.extend(got)
                     counts[kind] = counts.get(kind, 0) + len(got)
+                    max_ts = max(r.ts for r in got)
+                    if max_ts > head:
+                        head = max_ts
+                held.append(_Held(msg.offset, max_ts, list(got)))
                 if errors:
                     where = f"{tp.topic}/{tp.partition}@{msg.offset}"
                     for err in errors:
@@ -196,10 +291,10 @@ class KafkaSource:
                     fut = await self._dead_letter(msg, errors[0])
                     if fut is not None:
                         dead.append(fut)
-            if msgs:
-                offsets[tp] = msgs[-1].offset + 1
+            if head > -math.inf:
+                self._head[tp] = head
         if dead:
-            # The batch is only "processed" once its bad messages are safely in the dead-letter topic.
+            # A batch is only "processed" once its bad messages are safely in the dead-letter topic.
             results = await asyncio.gather(*dead, return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
@@ -208,9 +303,6 @@ class KafkaSource:
             self.metrics.messages_in.labels("kafka").inc(messages)
             for kind, n in counts.items():
                 self.metrics.records_in.labels("kafka", kind).inc(n)
-        # Topics interleave by partition; a stable sort by event time spares the reorder buffer.
-        records.sort(key=_ts)
-        return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received)
 
     async def _dead_letter(self, msg: ConsumerRecord[Any, Any], err: DecodeError) -> asyncio.Future[Any] | None:
         topic = self.settings.dead_letter_topic
