@@ -43,7 +43,7 @@ import structlog
 
 from aiops.config import CorrelateSettings
 from aiops.correlate.rank import hms, rank_causes
-from aiops.correlate.symptoms import is_symptom
+from aiops.correlate.symptoms import family, is_error_log, is_symptom
 from aiops.correlate.topology import Topology
 from aiops.records import (
     ChangeEvent,
@@ -285,8 +285,9 @@ class Correlator:
         It needs a symptom (:mod:`aiops.correlate.symptoms`) from metrics or model drift that
         is still active and has lasted ``open_hold_s`` (Prometheus' ``for:``: transients and
         one-step spikes end sooner), and then either ``min_signals`` distinct series in the
-        group (corroboration by other series, services or logs) or that symptom alone lasting
-        ``persist_s`` as well. Logs corroborate but never open an incident alone.
+        group (corroboration by other measurements, services or error logs; the quantiles of one
+        histogram are one measurement, see :func:`~aiops.correlate.symptoms.family`) or that
+        symptom alone lasting ``persist_s``. Logs corroborate but never open an incident alone.
         """
         s = self.settings
         sigs = [self._signals[g] for g in group]
@@ -295,11 +296,11 @@ class Correlator:
         if not held:
             return None
         lead = held[0]
-        series = {(x.service, x.name) for x in sigs}
+        families = {family(x) for x in sigs if x.kind is not SignalKind.LOG or is_error_log(x)}
         services = sorted({x.service for x in sigs if x.service})
         lasted = f"{self._describe(lead)} lasting {ts - lead.ts:.0f} s (>= {s.open_hold_s:.0f} s)"
-        if len(series) >= s.min_signals:
-            return (f"symptom {lasted}, with {len(series)} anomalous series in {', '.join(services)} within "
+        if len(families) >= s.min_signals:
+            return (f"symptom {lasted}, with {len(families)} kinds of evidence in {', '.join(services)} within "
                     f"{max(x.ts for x in sigs) - min(x.ts for x in sigs):.0f} s (at least {s.min_signals} needed)")
         if ts - lead.ts >= s.persist_s:
             return f"symptom {lasted}, alone but for {ts - lead.ts:.0f} s (>= {s.persist_s:.0f} s)"

@@ -63,3 +63,28 @@ def is_error_log(sig: Signal) -> bool:
     if level:
         return level.upper() in LOG_SYMPTOM_LEVELS
     return bool(sig.evidence) and bool(_ERROR_WORD.search(sig.evidence[0]))
+
+
+def family(sig: Signal) -> tuple[str, str, str]:
+    """The measurement a signal comes from, for counting independent evidence.
+
+    The p50, p90, p99 and mean of one histogram move together, and so do a request counter's
+    rate and its histogram's ``_count`` rate: each is one piece of evidence, not several.
+
+    >>> from aiops.records import Signal, SignalKind
+    >>> m = lambda name: Signal(id="x", ts=0.0, kind=SignalKind.METRIC, service="a", name=name, score=1.0)
+    >>> family(m("http_request_duration_seconds:p99")) == family(m("http_request_duration_seconds:mean"))
+    True
+    >>> family(m("http_requests_total:rate")) == family(m("http_request_duration_seconds_count:rate"))
+    True
+    >>> family(m("http_requests_total:error_ratio")) == family(m("http_requests_total:rate"))
+    False
+    """
+    if sig.kind is not SignalKind.METRIC:
+        return (sig.service or "", sig.kind.value, sig.name)
+    base, _, derived = sig.name.partition(":")
+    if derived == "rate" and (base.endswith("_count") or "request" in base):
+        base = "request_rate"  # a histogram's _count rate is the request rate again
+    elif derived in ("rate", "error_ratio"):
+        base = f"{base}:{derived}"  # errors, and each counter's rate, are their own evidence
+    return (sig.service or "", sig.kind.value, base)

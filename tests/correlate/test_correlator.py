@@ -184,7 +184,7 @@ def test_unobserved_common_callee_is_a_candidate() -> None:
 def test_severity_critical_when_entry_errors() -> None:
     c = make()
     c.on_signal(sig("a", "checkout", T0, name="http_request_duration_seconds:p99"))
-    c.on_signal(sig("b", "checkout", T0, name="http_request_duration_seconds:p90"))
+    c.on_signal(sig("b", "checkout", T0, name="process_cpu_seconds_total:rate"))
     first = run(c, T0, T0 + 90)
     assert first[0].severity == "warning"
     c.on_signal(sig("f", "frontend", T0 + 100))
@@ -292,3 +292,13 @@ def test_a_long_incident_keeps_citing_its_deploy() -> None:
     out += run(c, T0 + 3015, T0 + 4000)
     assert [r.status for r in out] == [IncidentStatus.OPEN, IncidentStatus.RESOLVED]
     assert all(any("deploy v9" in e for e in r.root_causes[0].evidence) for r in out)
+
+
+def test_quantiles_of_one_histogram_are_one_piece_of_evidence() -> None:
+    # a rolling deploy's slow fresh pods: p90 and p99 up for a few minutes, nothing else
+    c = make(persist_s=300.0)
+    c.on_signal(sig("a", "cart", T0, name="http_request_duration_seconds:p90"))
+    c.on_signal(sig("b", "cart", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("a", "cart", T0, name="http_request_duration_seconds:p90", end=T0 + 200))
+    c.on_signal(sig("b", "cart", T0, name="http_request_duration_seconds:p99", end=T0 + 230))
+    assert run(c, T0, T0 + 900) == []
