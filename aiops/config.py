@@ -55,7 +55,8 @@ class CorrelateSettings(BaseModel):
 
 class ActSettings(BaseModel):
     dry_run: bool = True
-    ledger_path: Path = Field(Path("state/actions.jsonl"), description="durable action ledger (JSON lines, fsynced)")
+    ledger_path: Path | None = Field(
+        None, description="durable action ledger (JSON lines, fsynced); None: <state_dir>/actions.jsonl")
     kubeconfig: Path | None = Field(None, description="None: the pod's service account, else ~/.kube/config")
     kube_context: str | None = None
     approve_token_file: Path | None = Field(

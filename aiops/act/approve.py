@@ -16,15 +16,16 @@ import time
 
 from aiops.act.ledger import ActionState, Ledger, LedgerEntry
 from aiops.act.rules import ActionRulesError, load_action_rules
-from aiops.act.stage import pending
+from aiops.act.stage import ledger_path, pending
 from aiops.config import Settings
 
 
 def approve_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.act.ledger_path.exists():
-        print(f"aiops approve: no ledger at {settings.act.ledger_path}", file=sys.stderr)
+    path = ledger_path(settings)
+    if not path.exists():
+        print(f"aiops approve: no ledger at {path}", file=sys.stderr)
         return 1
-    with Ledger(settings.act.ledger_path) as ledger:
+    with Ledger(path) as ledger:
         if args.list or not args.action_id:
             for item in pending(ledger):
                 print(json.dumps(item, sort_keys=True))

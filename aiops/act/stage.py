@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,7 +53,7 @@ class ActStage:
                    rejects: Rejects | None = None, actuators: Mapping[str, Actuator] | None = None) -> ActStage:
         """Build from settings; actuators default to Kubernetes + retrain as configured."""
         act = settings.act
-        ledger = Ledger(act.ledger_path, rejects, ActMetrics(registry))
+        ledger = Ledger(ledger_path(settings), rejects, ActMetrics(registry))
         core = ActionCore(rules, ledger.book, dry_run=act.dry_run)
         closers: list[Any] = []
         built: dict[str, Actuator] = dict(actuators or {})
@@ -60,7 +61,7 @@ class ActStage:
         if actuators is None and live_types:
             built.update(await _build_actuators(settings, rules, live_types, closers))
         token = _read_token(act.approve_token_file)
-        log.info("act_stage_open", ledger=str(act.ledger_path), dry_run=act.dry_run, live=sorted(live_types),
+        log.info("act_stage_open", ledger=str(ledger.path), dry_run=act.dry_run, live=sorted(live_types),
                  known_actions=len(ledger.book.actions), http_approval=token is not None)
         # Keep finished actions in memory well past every window a guard looks back over.
         retention = max(7 * 86400.0, rules.limits.failure_backoff_s * 2,
@@ -134,6 +135,11 @@ class ActStage:
         if not self._authorized(request):
             return web.json_response({"error": "unauthorized"}, status=401 if self.approve_token else 404)
         return web.json_response(pending(self.executor.ledger))
+
+
+def ledger_path(settings: Settings) -> Path:
+    """Where the ledger lives: ``act.ledger_path``, else ``actions.jsonl`` in the state directory."""
+    return settings.act.ledger_path or settings.state_dir / "actions.jsonl"
 
 
 def pending(ledger: Ledger) -> list[dict[str, Any]]:
