@@ -212,7 +212,8 @@ def _score_service(
 
     # onset order (an unobserved candidate inherits the earliest onset of its anomalous callers)
     lag = svc.onset - t0
-    svc.parts["early"] = 1.0 if lag <= tol else math.exp(-(lag - tol) / 120.0)
+    # onsets are only as precise as the step: decay over a few tolerances (2 min at 15 s steps)
+    svc.parts["early"] = 1.0 if lag <= tol else math.exp(-(lag - tol) / max(4.0 * tol, 1.0))
     if svc.observed:
         first = min(svc.signals, key=lambda s: (s.ts, -s.score))
         if lag <= tol:
