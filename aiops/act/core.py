@@ -15,7 +15,6 @@ Life of an action (see :class:`~aiops.act.ledger.ActionState`)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -184,11 +183,15 @@ class ActionCore:
                                       self._escalate(now, t, why))))
         return steps
 
-    def forget_resolved(self, incident_ids: Iterable[str]) -> None:
-        """Drop remembered incident snapshots no action still needs (bounded memory)."""
-        for iid in incident_ids:
+    def incident(self, incident_id: str) -> Incident | None:
+        """The latest snapshot seen of an incident (context for its actions and their verification)."""
+        return self._incidents.get(incident_id)
+
+    def forget_finished(self) -> None:
+        """Drop resolved incidents whose actions are all finished (bounded memory)."""
+        for iid in [i for i, inc in self._incidents.items() if inc.status is IncidentStatus.RESOLVED]:
             if all(t.terminal for t in self.book.for_incident(iid)):
-                self._incidents.pop(iid, None)
+                del self._incidents[iid]
 
     # -- helpers ------------------------------------------------------------------------------
 

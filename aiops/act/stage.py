@@ -29,7 +29,7 @@ from aiops.act.metrics import ActMetrics
 from aiops.act.rules import ActionRules
 from aiops.config import Settings
 from aiops.observe.rejects import Rejects
-from aiops.records import Action, ActionOutcome, Alert, Decision, Incident, IncidentStatus
+from aiops.records import Action, ActionOutcome, Alert, Decision, Incident
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,6 @@ class ActStage:
         self.executor = executor
         self.retention_s = retention_s
         self.approve_token = approve_token
-        self._incidents: dict[str, Incident] = {}
         self._closers = closers
         self.now = 0.0  # newest event time seen: approvals through HTTP are stamped with it
 
@@ -75,10 +74,9 @@ class ActStage:
         """Feed every decision in event-time order; returns the resulting action records and escalations."""
         self.now = max(self.now, decision.ts)
         if isinstance(decision, Incident):
-            self._incidents[decision.id] = decision
             return await self.executor.on_incident(decision, (), decision.ts)
         if isinstance(decision, Action) and decision.outcome is ActionOutcome.PLANNED:
-            incident = self._incidents.get(decision.incident_id)
+            incident = self.executor.core.incident(decision.incident_id)
             if incident is None:
                 log.warning("action_without_incident", incident_id=decision.incident_id, type=decision.type)
                 return [Action(ts=decision.ts, incident_id=decision.incident_id, type=decision.type,
@@ -90,14 +88,9 @@ class ActStage:
     async def tick(self, now: float) -> list[Action | Alert]:
         self.now = max(self.now, now)
         out = await self.executor.tick(now)
-        book = self.executor.ledger.book
-        finished = [iid for iid, inc in self._incidents.items()
-                    if inc.status is IncidentStatus.RESOLVED and all(t.terminal for t in book.for_incident(iid))]
-        self.executor.core.forget_resolved(finished)
-        for iid in finished:
-            del self._incidents[iid]
+        self.executor.core.forget_finished()
         if self.retention_s is not None:
-            book.prune(now - self.retention_s)
+            self.executor.ledger.book.prune(now - self.retention_s)
         return out
 
     def routes(self) -> dict[tuple[str, str], Handler]:
