@@ -3,11 +3,12 @@
 Grouping is by time, service and topology, in the manner of Alertmanager's group-by but on the
 call graph: a new signal joins a live incident when its service is one of the incident's
 services or adjacent to one of them in the :class:`~aiops.correlate.topology.Topology`, and
-its onset is within ``window_s`` of the incident's latest activity. Signals that join nothing
+its onset is within ``window_s`` of the incident's latest onset. Signals that join nothing
 wait in a pending pool; a group of related pending signals opens an incident once a symptom
 in it (errors, latency, unavailability, restarts, model degradation: see
 :mod:`aiops.correlate.symptoms`) has lasted ``open_hold_s`` and the group holds ``min_signals``
-distinct series (or the symptom alone has lasted ``persist_s``).
+independent pieces of evidence (or the symptom alone has lasted ``persist_s``). Causes such as
+request rates, CPU or memory join incidents and inform the ranking but never open one alone.
 
 Lifecycle, as seen in the records :meth:`Correlator.tick` returns:
 
@@ -34,7 +35,7 @@ Everything is a function of the inputs and event time (no clock), so replay is e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -466,8 +467,3 @@ def _signal_in(d: Mapping[str, Any]) -> Signal:
     return Signal(id=d["id"], ts=d["ts"], kind=SignalKind(d["kind"]), service=d["service"], name=d["name"],
                   score=d["score"], direction=d["direction"], evidence=tuple(d["evidence"]), end_ts=d["end_ts"],
                   labels=make_labels(dict(d["labels"])))
-
-
-def top_services(causes: Iterable[RootCause], n: int = 3) -> list[str]:
-    """The first ``n`` services of a ranking."""
-    return [rc.service for rc in causes][:n]
