@@ -83,15 +83,15 @@ class ActionCore:
             return Step()  # the same decision again (duplicate or replay after restart): never twice
         action = replace(action, target=target)
         dry = self.dry_run or self.rules.rule(action.type).dry_run
-        planned = self._entry(now, aid, action, ActionState.PLANNED, dry_run=dry)
+        planned = self._entry(now, aid, action, ActionState.PLANNED, action.reason, dry_run=dry)
         if action.type not in self.supported:
             return self._refuse(now, aid, action, f"unsupported: no actuator for {action.type}", dry, planned)
         reason = check(GuardContext(action, incident, self.rules, self.book, now))
         if reason is not None:
             return self._refuse(now, aid, action, reason, dry, planned)
         if dry:
-            why = "dry run: guards passed" + (", approval would be required" if self.rules.rule(action.type).approval
-                                               else "")
+            why = ("dry run: guards passed" + (", approval would be required" if self.rules.rule(action.type).approval
+                                                else "") + (f"; {action.reason}" if action.reason else ""))
             return Step(
                 entries=(planned, self._entry(now, aid, action, ActionState.DRY_RUN, why, dry_run=True)),
                 output=(self._out(now, action, ActionOutcome.PLANNED, why, dry_run=True),),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,11 @@ def test_live_action_passes_and_plans_execution(ledger: Ledger) -> None:
 
 def test_global_dry_run_is_the_default_and_refuses_to_act(ledger: Ledger) -> None:
     core = ActionCore(parse_action_rules(LIVE), ledger.book)  # dry_run defaults to True
-    step = submit(core, ledger, planned(), incident(), T0)
+    step = submit(core, ledger, replace(planned(), reason="saturation of checkout"), incident(), T0)
     assert step.execute is None
     (out,) = step.output
-    assert out.outcome is ActionOutcome.PLANNED and out.dry_run and out.reason.startswith("dry run")
+    assert out.outcome is ActionOutcome.PLANNED and out.dry_run
+    assert out.reason == "dry run: guards passed; saturation of checkout"  # the decision's own reason is kept
 
 
 def test_per_rule_dry_run_holds_even_when_global_is_off(ledger: Ledger) -> None:
