@@ -302,3 +302,14 @@ def test_bundled_scenarios_are_long_and_faults_start_late() -> None:
         for inc in sc.expect.incidents:
             assert inc.fault_start - first >= 2 * 3600, d.name
         assert (d / "metrics.jsonl.gz").stat().st_size < 4_500_000, d.name
+
+
+def test_a_bundled_scenario_is_reproduced_byte_for_byte(tmp_path: Path) -> None:
+    """scenarios/README.md's command rebuilds the committed files exactly (fails if the generator,
+    or numpy's random streams, changed without regenerating the bundled scenarios)."""
+    committed = REPO / "scenarios" / "quiet-benign-bursts"
+    if not committed.is_dir():
+        pytest.skip("no bundled scenarios")
+    out = generate("quiet-bursts", tmp_path / "quiet-benign-bursts", seed=8).path
+    for name in ("scenario.yaml", "metrics.jsonl.gz", "logs.jsonl.gz", "events.jsonl.gz"):
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name
