@@ -253,7 +253,7 @@ def _plan(kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], target: str | N
                                "previous_version": new, "reason": "rollback"})
 
     def far_from_fault(t: float) -> bool:
-        return fault is None or abs(t - fault.start) > 1800.0
+        return fault is None or abs(t - fault.start) > min(1800.0, 0.2 * dur)
 
     def times(count: int, margin: float) -> list[float]:
         out: list[float] = []
@@ -278,7 +278,7 @@ def _plan(kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], target: str | N
     flags = {("frontend", "new_checkout_ui_rollout_percent"): ["5", "10", "25", "50", "100"],
              ("catalog", "cache_ttl_seconds"): ["300", "600", "900", "1200"],
              ("search", "spellcheck_max_edits"): ["1", "2", "1", "2"]}
-    keys = [k for k in flags if k[0] in svcs]
+    keys = [k for k in flags if k[0] in svcs and k[0] != target]
     for t in times(max(1, int(round(1.5 * scale))), min(900.0, dur / 8)) if keys else []:
         svc, key = keys[int(rng.integers(len(keys)))]
         values = flags[(svc, key)]
