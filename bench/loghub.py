@@ -125,7 +125,8 @@ def generated_stream(n: int, seed: int = 0) -> list[str]:
         elif r < 0.8:
             out.append(f"request id={rng.getrandbits(128):032x} trace {word(12)} span {word(12)} status ok")
         elif r < 0.9:
-            out.append(f"processing file /data/{word()}/{word()}.csv for tenant {word()} with {rng.randint(1, 10**6)} rows")
+            out.append(f"processing file /data/{word()}/{word()}.csv for tenant {word()} "
+                       f"with {rng.randint(1, 10**6)} rows")
         else:
             out.append(" ".join(word() for _ in range(rng.randint(2, 12))))
     return out
@@ -158,7 +159,7 @@ def stream_run(n: int, with_drain3: bool) -> None:
 
 def score(evaluate: Any, ids: list[str], truth: dict[str, tuple[str, str]], groups: list[str],
           texts: dict[str, str]) -> dict[str, float]:
-    pred = {lid: (g, texts[g]) for lid, g in zip(ids, groups)}
+    pred = {lid: (g, texts[g]) for lid, g in zip(ids, groups, strict=False)}
     return {k: float(v) for k, v in evaluate(truth, pred).items() if k in METRICS}
 
 

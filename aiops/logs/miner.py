@@ -1,10 +1,25 @@
 """Online log template miner: lines in, templates with ``<*>`` and stable ids out.
 
-The algorithm follows Drain (He et al., "Drain: An Online Log Parsing Approach with Fixed Depth
-Tree", ICWS 2017): variable tokens are masked first (:mod:`aiops.logs.masking`), lines are grouped
-by token count and first token, and within a group a line joins the most similar template when at
-least ``sim_threshold`` of the template's constant positions agree; positions that disagree become
-``<*>``. What is added for a streaming daemon:
+The skeleton is Drain (He et al., "Drain: An Online Log Parsing Approach with Fixed Depth Tree",
+ICWS 2017): variable tokens are masked first (:mod:`aiops.logs.masking`), lines are bucketed by
+token count and first token (an identifier or masked first token goes to a shared ``<*>`` bucket),
+and within a bucket a line joins the most similar template when at least ``sim_threshold`` of its
+positions agree or are wildcards (and at least one agrees); disagreeing positions are generalised,
+part by part (``postgres:<*>`` + ``redis:<*>`` -> ``<*>:<*>``). Changes to the matching, each
+because of an error class of plain Drain:
+
+- **Plain words must agree.** Two different plain words at one position (``Paused``/``Resumed``,
+  ``GET``/``POST``, ``user=root``/``user=guest``), or a word against a masked value, make two
+  events; only identifiers (dotted, underscored, path-like) and masked tokens may differ.
+- **Sibling merge.** A word position *is* variable once ``sibling_merge`` templates (4) differ only
+  there, in a line with more than ``sibling_context`` other words (user names, service names):
+  those templates merge into the oldest, whose id survives (``merges`` lists them for the stage).
+- **Absorption.** When a template generalises, templates of its bucket it now covers merge into it.
+- **Crowded buckets.** A bucket that still reaches ``crowded_bucket`` templates has free-text
+  words: there words only lower the similarity, as in Drain, so the bucket stops growing.
+- **Lists.** Repeats of one masked token collapse (``blk_<*> blk_<*> ...`` -> ``blk_<*>``).
+
+For a streaming daemon:
 
 - **Shape caches.** Before any masking or similarity work, a line's digits are mapped to ``0`` with
   one ``bytes.translate`` and the result looked up in a dict. Every masking pattern depends only on
@@ -95,7 +110,7 @@ def merge_tokens(a: str, b: str) -> str:
     if len(pa) != len(pb) or len(pa) == 1:
         return WILDCARD
     out = []
-    for i, (x, y) in enumerate(zip(pa, pb)):
+    for i, (x, y) in enumerate(zip(pa, pb, strict=False)):
         if i % 2:  # a separator: the skeletons must agree
             if x != y:
                 return WILDCARD
@@ -127,7 +142,8 @@ def token_kind(token: str) -> int:
     Plain words name *what* happened and two different ones make two events; identifiers are
     what an event happened *to* and may vary within one template.
 
-    >>> [token_kind(t) for t in ("Resumed", "(Lifecycle", "****", "user=root", "com.apple.x:", "root_domain", "blk_<*>")]
+    >>> [token_kind(t) for t in ("Resumed", "(Lifecycle", "****", "user=root", "com.apple.x:", "root_domain",
+    ...                          "blk_<*>")]
     [1, 1, 1, 1, 2, 2, 0]
     """
     if WILDCARD in token:
@@ -166,7 +182,7 @@ class TemplateMiner:
         max_sibling_tokens: int = 200,
         strict_words: bool = True,
         sibling_context: int = 3,
-        ident_first_wild: bool = False,
+        ident_first_wild: bool = True,
         crowded_bucket: int = 64,
         absorb: bool = True,
     ) -> None:
@@ -268,7 +284,7 @@ class TemplateMiner:
         best_params = -1
         for tpl in candidates:
             same = params = 0
-            for a, b, ka, kb in zip(tpl.tokens, tokens, tpl.kinds, kinds):
+            for a, b, ka, kb in zip(tpl.tokens, tokens, tpl.kinds, kinds, strict=False):
                 if a == b:
                     same += 1
                 elif a == WILDCARD:
@@ -303,7 +319,7 @@ class TemplateMiner:
         if tpl is not None:
             old = tpl.tokens
             if old != tokens:
-                new = [a if a == b else merge_tokens(a, b) for a, b in zip(old, tokens)]
+                new = [a if a == b else merge_tokens(a, b) for a, b in zip(old, tokens, strict=False)]
                 if new != old:
                     self._retokenise(tpl, new)
                     tpl = self._resolve(tpl) or tpl
@@ -404,7 +420,7 @@ class TemplateMiner:
         covered = [tpl]
         for other in self._buckets.get(tpl._bkey, ()) if tpl._bkey is not None else ():
             if other is not tpl and all(a == b or a == WILDCARD or (WILDCARD in a and merge_tokens(a, b) == a)
-                                        for a, b in zip(tokens, other.tokens)):
+                                        for a, b in zip(tokens, other.tokens, strict=False)):
                 covered.append(other)
         if len(covered) == 1:
             return tpl

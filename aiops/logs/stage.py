@@ -5,8 +5,8 @@ Three kinds of signal, all keyed by service:
 1. **New template** (name = template id): a template first seen after the service's warm-up
    (``LogSettings.warmup_s`` of event time since its first line), at WARN or above (or, when the
    line has no level, containing error words), once it repeats: ``NEW_MIN_LINES`` lines within
-   ``NEW_WINDOW_S``, spread over ``NEW_MIN_SPAN_S`` at least. One stray line or blip does not page. It ends when the template has been silent
-   for ``RECOVER_STEPS`` steps.
+   ``NEW_WINDOW_S``, spread over ``NEW_MIN_SPAN_S`` at least. One stray line or blip does not
+   page. It ends when the template has been silent for ``RECOVER_STEPS`` steps.
 2. **Template burst** (name = template id): a template's count per step departs upward from its
    own baseline (:class:`~aiops.logs.baseline.RateBaseline`): WARN+ / error-word templates by a
    moderate margin, any other template only by a large factor. Only templates with a mature

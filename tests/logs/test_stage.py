@@ -30,7 +30,8 @@ def _routine(k: int, rng: random.Random) -> list[tuple[str, str | None, str]]:
     for _ in range(rng.randint(20, 40)):
         lines.append(("api", "INFO", f"GET /orders/{rng.randint(1, 10**6)} 200 in {rng.randint(1, 900)}ms"))
     for _ in range(rng.randint(0, 3)):
-        lines.append(("api", "WARN", f"slow cache lookup for key user:{rng.randint(1, 999)} took {rng.randint(50, 400)}ms"))
+        lines.append(("api", "WARN",
+                      f"slow cache lookup for key user:{rng.randint(1, 999)} took {rng.randint(50, 400)}ms"))
     if k % 40 == 0:
         lines.append(("api", "INFO", f"config reloaded from /etc/api/{rng.choice('abc')}.yaml"))
     return lines
