@@ -214,3 +214,17 @@ def test_stage_state_stays_bounded_with_the_template_cap():
     assert len(svc.stats) <= 20 + 64 + 1
     assert len(svc.touched) <= len(svc.stats)
     assert len(json.dumps(stage.snapshot())) < 100_000
+
+
+def test_a_new_template_whose_variants_merge_signals_once_under_the_surviving_id():
+    rng = random.Random(11)
+    stage = LogStage(LogSettings(warmup_s=300))
+    assert _run(stage, lambda k: _routine(k, rng), steps=40) == []
+    users = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+    out = _run(stage, lambda k: _routine(k, rng) + [("api", "ERROR", f"login failed for user {users[k % 10]} "
+                                                     "from the admin console") for _ in range(2)],
+               steps=12, start=40 * STEP)
+    onsets = [s for s in out if s.end_ts is None]
+    assert len(onsets) == 1, onsets
+    miner = stage._services["api"].miner
+    assert miner.get(onsets[0].name).text == "login failed for user <*> from the admin console"
