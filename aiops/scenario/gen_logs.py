@@ -207,8 +207,13 @@ def _svc_class(name: str) -> str:
     return "".join(p.capitalize() for p in name.split("-"))
 
 
-def fault_line(cause: str, service: str, t: Tokens, sims: dict[str, ServiceSim], k: int) -> tuple[str, str]:
-    """(level, message) of one line logged by ``service`` because of ``cause`` at step ``k``."""
+def fault_line(cause: str, service: str, t: Tokens, sims: dict[str, ServiceSim], k: int, lag: int = 0
+               ) -> tuple[str, str]:
+    """(level, message) of one line logged by ``service`` because of ``cause`` at step ``k``.
+
+    A caller's failures at ``k`` reflect its callee's state ``lag`` steps earlier, so the wording
+    (refused, timeout, reset, status) follows that state too.
+    """
     cls = _svc_class(service)
     if cause == "bad_deploy":
         if t.u() < 0.6:
@@ -230,15 +235,16 @@ def fault_line(cause: str, service: str, t: Tokens, sims: dict[str, ServiceSim],
         return "WARN", f"feature {f} mean outside training range over last 5m (psi=0.{t.int(21, 48)})"
     if cause.startswith("upstream:"):
         callee = cause.split(":", 1)[1]
-        return _upstream_line(service, callee, t, sims, k)
+        return _upstream_line(service, callee, t, sims, k, max(0, k - lag))
     raise ValueError(cause)
 
 
-def _upstream_line(service: str, callee: str, t: Tokens, sims: dict[str, ServiceSim], k: int) -> tuple[str, str]:
+def _upstream_line(service: str, callee: str, t: Tokens, sims: dict[str, ServiceSim], k: int, seen: int
+                   ) -> tuple[str, str]:
     c = sims[callee]
     port = PORTS.get(callee, 8080)
     down = c.drivers.get("down")
-    if down is not None and down[k] > 0:
+    if down is not None and down[seen] > 0:
         if t.u() < 0.5:
             return "ERROR", f"connection refused to {callee}:{port} (pool {service}-pool, attempt {t.int(1, 3)}/3)"
         return "ERROR", (f"could not acquire connection from pool within 1000 ms: Connection refused "
@@ -247,7 +253,7 @@ def _upstream_line(service: str, callee: str, t: Tokens, sims: dict[str, Service
     tmo = sims[service].drivers.get(f"timeout:{callee}")
     if fail is not None and tmo is not None and fail[k] > 0 and tmo[k] / fail[k] > 0.5:
         return "ERROR", f"call to {callee} failed: timeout after 2000 ms (request_id={t.hex(12)})"
-    if any(not inst.scraped[k] and not inst.reset[k] for inst in c.instances) and t.u() < 0.7:
+    if any(not inst.scraped[seen] and not inst.reset[seen] for inst in c.instances) and t.u() < 0.7:
         return "ERROR", f"upstream {callee} connection reset by peer after {t.ms(40)} ms"
     code = "500" if t.u() < 0.35 else "503"
     return "ERROR", f"upstream {callee} returned {code} after {t.ms(60)} ms (request_id={t.hex(12)})"

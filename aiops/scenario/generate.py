@@ -104,6 +104,7 @@ import yaml
 from aiops.scenario.gen_logs import BENIGN_BURSTS, ROUTINE, Tokens, fault_line, lifecycle_lines
 from aiops.scenario.gen_model import (
     CODES,
+    LAG_S,
     LE,
     Burst,
     Deploy,
@@ -501,6 +502,7 @@ def _limited(rate: np.ndarray) -> np.ndarray:
 def _write_logs(path: Path, sims: dict[str, ServiceSim], plan: Plan, fault: Fault | None, ts: np.ndarray,
                 step: float, rng: np.random.Generator, log_scale: float) -> int:
     n = len(ts)
+    lag = max(1, int(round(LAG_S / step)))
     tok = Tokens(rng)
     out: list[tuple[float, str, str, str]] = []
     for svc, sim in sims.items():
@@ -525,7 +527,7 @@ def _write_logs(path: Path, sims: dict[str, ServiceSim], plan: Plan, fault: Faul
                 out.append((ts[k] + tok.u() * step, svc, level, render(tok)))
             for cause, counts in causes:
                 for _ in range(int(counts[k])):
-                    level, msg = fault_line(cause, svc, tok, sims, k)
+                    level, msg = fault_line(cause, svc, tok, sims, k, lag)
                     out.append((ts[k] + tok.u() * step, svc, level, msg))
         version_at = sorted(sim.versions)
         restart_count = dict.fromkeys(range(len(sim.instances)), 0)
