@@ -109,9 +109,18 @@ def parse_time(raw: Any) -> float:
                 raise DecodeError("bad_ts", raw[:60]) from None
             if dt.tzinfo is None:  # log shippers without a zone mean UTC
                 dt = dt.replace(tzinfo=UTC)
-            return dt.timestamp()
+            try:
+                ts = dt.timestamp()
+            except (OverflowError, ValueError):
+                raise DecodeError("bad_ts", raw[:60]) from None
+            if ts < 0:  # before 1970: not telemetry, and it would sort before everything
+                raise DecodeError("bad_ts", raw[:60]) from None
+            return ts
     elif isinstance(raw, (int, float)):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond float range
+            raise DecodeError("bad_ts", repr(raw)[:60]) from None
     else:
         raise DecodeError("bad_ts", repr(raw)[:60])
     if not math.isfinite(value) or value < 0:
@@ -137,7 +146,7 @@ def _lines(value: bytes) -> list[str]:
 def _json(line: str) -> Any:
     try:
         return json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: thousands of nested brackets
         raise DecodeError("bad_json", str(exc)[:120]) from None
 
 
@@ -169,6 +178,8 @@ def decode_adapter_metric(obj: Any) -> MetricSample:
     else:
         try:
             value = float(raw)
+        except OverflowError:  # an integer beyond float range is as infinite as "1e999"
+            value = _INF
         except ValueError:
             raise DecodeError("bad_value", repr(raw)[:60]) from None
     if math.isinf(value):
@@ -234,7 +245,7 @@ class KafkaDecoder:
             # bad line makes it fail, and the per-line path below then says which.
             try:
                 objs = json.loads("[" + ",".join(lines) + "]")
-            except ValueError:
+            except (ValueError, RecursionError):
                 objs = None
             if objs is not None and len(objs) != len(lines):
                 objs = None  # a line holding two values: let the per-line path reject it
@@ -299,6 +310,8 @@ class KafkaDecoder:
         Label sets repeat every scrape, so their canonical (sorted, validated) form is cached
         by their order as received; a hit skips sorting and checking.
         """
+        if type(obj) is not dict:  # a JSON array or scalar line: the validator rejects it with a reason
+            return None
         ts = obj.get("ts")
         name = obj.get("name")
         value = obj.get("value")
@@ -328,7 +341,10 @@ class KafkaDecoder:
             if len(self._labels) >= 200_000:  # bounded: a label explosion must not eat memory
                 self._labels.clear()
             canon = self._labels[key] = make_labels(dict(key))
-        return MetricSample(ts=float(ts), name=name, labels=canon, value=float(value))
+        try:
+            return MetricSample(ts=float(ts), name=name, labels=canon, value=float(value))
+        except OverflowError:  # an integer beyond float range: the validator names the problem
+            return None
 
     def logs(
         self, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
