@@ -219,3 +219,36 @@ def test_file_is_what_the_format_says(tmp_path: Path) -> None:
 def test_bad_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         FileCheckpointStore(tmp_path, name="../escape")
+
+
+def test_numpy_arrays_are_stored_as_binary_exactly(make_store: Factory) -> None:
+    import numpy as np
+
+    season = np.full((3, 288), np.nan, dtype=np.float32)
+    season[1, 5] = 0.25
+    snap = {"season": season, "n": np.arange(5, dtype=np.int64), "empty": np.zeros((0, 4)),
+            "scalar": np.float64(2.5), "nested": [{"a": np.array([1.5, -np.inf])}]}
+    store = make_store()
+    store.save(snap)
+    got = store.load()
+    assert got is not None
+    assert got["season"].dtype == np.float32 and got["season"].shape == (3, 288)
+    assert np.array_equal(got["season"], season, equal_nan=True) and got["season"].flags.writeable
+    assert got["n"].tolist() == [0, 1, 2, 3, 4] and got["empty"].shape == (0, 4)
+    assert got["scalar"] == 2.5 and got["nested"][0]["a"].tolist() == [1.5, -np.inf]
+
+
+def test_damaged_array_table_is_a_reason() -> None:
+    import numpy as np
+
+    good = encode(Checkpoint(state={"a": np.arange(4.0)}))
+    header_end = good.index(b"\n") + 1
+    raw = zlib.decompress(good[header_end:])
+    body, table, blob = raw.split(b"\n", 2)
+    for damaged in [body + b"\n" + table + b"\n" + blob[:-3],             # truncated data
+                    body + b"\n" + b'[["|O", [4]]]' + b"\n" + blob,       # object dtype
+                    body + b"\n" + b'[["<f8", [9]]]' + b"\n" + blob,      # more than there is
+                    body.replace(b'{"__ndarray__":0}', b'{"__ndarray__":3}') + b"\n" + table + b"\n" + blob]:
+        with pytest.raises(CheckpointError) as err:
+            decode(good[:header_end] + zlib.compress(damaged))
+        assert err.value.reason == "bad_envelope"
