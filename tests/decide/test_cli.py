@@ -60,4 +60,4 @@ def test_explain_from_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
     state.write_bytes(encode(Checkpoint(state={"stages": {"correlator": c.snapshot()}}, created_event_ts=400.0)))
     assert main(["explain", opened[0].id, "--state", str(state)]) == 0
     text = capsys.readouterr().out
-    assert "anomalous series in db, web" in text and "#1 db" in text
+    assert "evidence in db, web" in text and "#1 db" in text
