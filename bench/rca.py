@@ -257,6 +257,10 @@ def main() -> int:
     print()
     print(f"scenarios {len(results)}, expected incidents {expected}, matched {matched}, "
           f"false incidents {false_n} over {quiet_days * 24:.1f} h of quiet time, check problems {problems}")
+    if matched:
+        hit1 = sum(1 for x in ranks if x == 1) / matched
+        hit3 = sum(1 for x in ranks if x is not None and x <= 3) / matched
+        print(f"ranking of detected incidents only: AC@1 {hit1:.3f}, AC@3 {hit3:.3f} over {matched}")
     print(f"summary: recall={recall:.3f} ac1={ac1:.3f} ac3={ac3:.3f} false_per_day={false_per_day:.2f} "
           f"median_delay_s={med:.0f} p90_delay_s={p90:.0f}")
     return 0
