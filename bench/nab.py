@@ -120,14 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         scorer_path = DEFAULT_SCORER
     nab = load_scorer(scorer_path)
     labels = args.labels or (args.data / "combined_windows.json")
+    if not labels.is_file():
+        print(f"no labels at {labels}: results written to {args.out}, nothing scored")
+        return 0
     with labels.open() as fh:
-        labelled = set(json.load(fh))
-    unlabelled = [r for r in rels if r not in labelled]
+        windows = json.load(fh)
+    unlabelled = [r for r in rels if r not in windows]
     if unlabelled:
         print(f"note: {len(unlabelled)} CSV file(s) have no labels and are not scored, e.g. {unlabelled[:2]}")
-    only = sorted({r.split("/")[0] for r in rels if r in labelled})
-    profiles = nab.load_profiles(str(args.data / "profiles.json"))
-    corpus = nab.load_corpus(str(args.data), str(labels), only, 0.15)
+    profiles_path = args.data / "profiles.json"
+    if not profiles_path.is_file():
+        profiles_path = scorer_path.parent / "data" / "profiles.json"
+    profiles = nab.load_profiles(str(profiles_path))
+    # the corpus is exactly the labelled files found, so any subset of files or categories works
+    corpus = {rel: nab.FileGeometry(rel, ts, windows[rel], 0.15)
+              for rel, ts in zip(rels, stamps, strict=True) if rel in windows}
+    if not corpus:
+        print("no labelled files found: nothing scored")
+        return 0
     results = nab.load_results(str(args.out), corpus)
     swept = nab.score(corpus, results, profiles)
     fixed = nab.score(corpus, results, profiles, {p: settings.threshold for p in profiles})
