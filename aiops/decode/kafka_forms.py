@@ -272,7 +272,8 @@ class KafkaDecoder:
         body = value.strip()
         try:
             rows = _TYPED_DECODER.decode(b"[" + body.replace(b"\n", b",") + b"]")
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except (msgspec.MsgspecError, ValueError, RecursionError, OverflowError):
+            # ValueError covers invalid UTF-8; RecursionError thousands of nested brackets.
             return None
         if len(rows) != body.count(b"\n") + 1:
             return None  # a line holding two values, or an empty one
@@ -294,7 +295,7 @@ class KafkaDecoder:
     def _canon_raw(self, raw: bytes) -> tuple[tuple[str, str], ...] | None:
         try:
             labels = _LABELS_DECODER.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except (msgspec.MsgspecError, ValueError, RecursionError, OverflowError):
             return None
         labels = labels or {}
         if len(labels) > 64 or any(len(k) > 1024 or len(v) > 1024 for k, v in labels.items()):
