@@ -148,12 +148,13 @@ async def test_poller_reads_query_range_without_gaps_or_repeats(  # type: ignore
         seen: list[float] = []
         polls = 0
         async with aiohttp.ClientSession() as session:
-            for _ in range(6):
+            deadline = time.monotonic() + 30
+            while polls < 4 and time.monotonic() < deadline:  # a busy machine polls less often
                 got = await poller.poll_once(session)
                 polls += bool(got)
                 seen.extend(s.ts for s in got)
                 await asyncio.sleep(0.7)
-        assert polls >= 3
+        assert polls >= 3, f"only {polls} polls returned samples"
         assert len(seen) == len(set(seen)), "a sample was read twice"
         assert seen == sorted(seen) and seen == [seen[0] + i for i in range(len(seen))], "a gap between polls"
 
