@@ -59,7 +59,8 @@ def time_stage(vals: np.ndarray, step_s: float) -> tuple[float, int]:
     for k in range(vals.shape[0]):
         ts = k * step_s
         row = vals[k].tolist()
-        pts = [SeriesPoint(ts, key, key.split("/")[0], "m", PointKind.GAUGE, v) for key, v in zip(keys, row, strict=True)]
+        pts = [SeriesPoint(ts, key, key.split("/")[0], "m", PointKind.GAUGE, v)
+               for key, v in zip(keys, row, strict=True)]
         t0 = time.perf_counter()  # building the points is the decoder's cost, not the detector's
         signals += len(stage.process(ts, pts))
         elapsed += time.perf_counter() - t0

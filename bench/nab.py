@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = sum(len(v) for v in values)
     for rel, ts, vals, sc in zip(rels, stamps, values, scores, strict=True):
         write_results(args.out, rel, ts, vals, sc)
-    print(f"detector: {len(rels)} files, {rows} rows in {elapsed:.2f} s ({rows / elapsed:,.0f} rows/s), params {params}")
+    print(f"detector: {len(rels)} files, {rows} rows in {elapsed:.2f} s ({rows / elapsed:,.0f} rows/s)")
+    print(f"params: {params}")
 
     scorer_path = args.scorer or (args.data.parent / "nab_score.py")
     if not scorer_path.is_file():

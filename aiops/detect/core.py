@@ -94,8 +94,12 @@ class ScoreBatch:
 
 
 # per-series float64 state; "hi_*"/"lo_*" are the feature ranges
-_STATE = ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "run", "cfast", "s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first") + tuple(
-    f"{b}_{f}" for f in RANGE_FEATURES for b in ("hi", "lo")) + ("t_prev",)
+_STATE = (
+    ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "run", "cfast")
+    + ("s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first")
+    + tuple(f"{b}_{f}" for f in RANGE_FEATURES for b in ("hi", "lo"))
+    + ("t_prev",)
+)
 _CONF = ("up_ok", "down_ok", "sens", "rel_floor", "abs_floor")
 _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, "abs_floor": 1e-9}
 
@@ -317,7 +321,7 @@ class BatchScorer:
             nov_down[5] = np.where(t_up, 0.0, t_nov)
         for k, name in enumerate(RANGE_FEATURES):
             if self._w[k] == 0.0 and not (k == 0 and p.trans_bins):
-                continue  # a feature without weight cannot score: skip its cost (transitions need the value range)
+                continue  # weightless: skip its cost (but transitions need the value range)
             f, ok = feats[k], ready[k]
             hi, lo = a["hi_" + name][i], a["lo_" + name][i]
             seen = a["n"][i] > 1 if k in (0, 2, 4) else a["s_n"][i] > 1

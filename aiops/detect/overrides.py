@@ -88,6 +88,8 @@ def parse_overrides(text: str, source: str = "<string>") -> list[MetricOverride]
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise OverrideError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError:  # thousands of nested brackets: PyYAML recurses per level
+        raise OverrideError(f"{source}: invalid YAML: nested too deeply") from None
     if root is None:
         return []
     if not isinstance(root, yaml.MappingNode):

@@ -230,9 +230,10 @@ class MetricDetectStage:
             raise ValueError(f"unsupported detect snapshot version {data.get('version')!r}")
         obj = cls(settings, overrides)
         obj.scorer = BatchScorer.from_snapshot(data["scorer"])
-        obj._meta = [(str(k), s, str(m), PointKind(kind)) for k, s, m, kind in data["series"]]
+        meta = [(str(k), s, str(m), PointKind(kind)) for k, s, m, kind in data["series"]]
+        obj._grow(len(meta))  # before _meta is set: _grow copies len(_meta) rows of the old (16-row) arrays
+        obj._meta = meta
         obj._index = {m[0]: i for i, m in enumerate(obj._meta)}
-        obj._grow(len(obj._meta))
         for k, v in data["state"].items():
             if k in obj._st:
                 obj._st[k][: len(obj._meta)] = np.asarray(v, dtype=np.float64)

@@ -205,3 +205,11 @@ def test_restored_stage_follows_todays_overrides() -> None:
     assert [s.direction for s in run(same, series, 250) if s.end_ts is None] == ["down"]
     up_only = MetricDetectStage.from_snapshot(snap, SETTINGS, [MetricOverride("http_requests_total:*", direction="up")])
     assert run(up_only, series, 250) == []
+
+
+def test_snapshot_of_many_series_restores() -> None:
+    stage = MetricDetectStage(SETTINGS)
+    for t in range(50):
+        stage.process(t * STEP, [pt(t * STEP, f"s{j}", 1.0 + 0.01 * ((t + j) % 3)) for j in range(40)])
+    restored = MetricDetectStage.from_snapshot(json.loads(json.dumps(stage.snapshot())), SETTINGS)
+    assert restored.series_count == 40 and restored.snapshot() == stage.snapshot()
