@@ -192,9 +192,14 @@ def _parse_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise RulesError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:  # thousands of nested brackets: PyYAML recurses per level
+        raise RulesError(f"{source}: invalid YAML: nested too deeply") from None
     if root is None:
         return None
-    return _convert(root, yaml.SafeLoader(""), source)
+    try:
+        return _convert(root, yaml.SafeLoader(""), source)
+    except RecursionError:
+        raise RulesError(f"{source}: invalid YAML: nested too deeply") from None
 
 
 class _Ctx:
