@@ -59,7 +59,7 @@ async def test_firing_then_resolved_with_a_dead_ha_peer(alertmanager: Alertmanag
         sink.send(_alert(incident, now - 10, AlertStatus.RESOLVED))
         await _until(lambda: not alertmanager.alerts(incident_id=incident))
         # The dead peer never accepts: the resolution stays pending for it, the live one is done.
-        assert sink._tracked[incident].unacked == {dead + "/api/v2/alerts"}
+        await _until(lambda: sink._tracked[incident].unacked == {dead + "/api/v2/alerts"})
         assert metrics.registry.get_sample_value(
             "aiops_sink_sent_total", {"sink": "alertmanager", "outcome": "error"}) >= 1
     finally:
