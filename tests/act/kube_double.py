@@ -36,6 +36,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on a free loopback port; the caller cleans the runner up."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 def write_kubeconfig(path: Path, port: int, token: str = TOKEN, namespace: str = "default") -> Path:
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config",
@@ -151,10 +160,7 @@ class KubeDouble:
         app.router.add_patch(base + "/{kind:deployments|statefulsets}/{name}/scale", self.patch_scale)
         app.router.add_get(base + "/replicasets", self.list_replicasets)
         app.router.add_post("/apis/batch/v1/namespaces/{ns}/jobs", self.create_job)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner, self.port = await serve(app)
         return self
 
     async def stop(self) -> None:

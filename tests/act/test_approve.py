@@ -15,7 +15,7 @@ from aiops.cli import main
 from aiops.config import load_settings
 from aiops.records import ActionOutcome
 
-from .kube_double import free_port
+from .kube_double import serve
 from .support import incident, planned
 
 RULES = """
@@ -98,10 +98,7 @@ async def test_http_approval_needs_the_token(tmp_path: Path) -> None:
     app = web.Application()
     for (method, path), handler in stage.routes().items():
         app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     url = f"http://127.0.0.1:{port}/actions/{aid}/approve"
     try:
         async with ClientSession() as http:

@@ -22,7 +22,7 @@ from aiops.act.rules import load_action_rules, parse_action_rules
 from aiops.records import ActionOutcome, Alert, Signal, SignalKind
 from tests.integration.conftest import kafka_bootstrap  # noqa: F401  (the broker fixture)
 
-from .kube_double import KubeDouble, free_port, write_kubeconfig
+from .kube_double import KubeDouble, serve, write_kubeconfig
 from .support import T0, incident, planned, signal
 
 DRIFT = Signal(id="drift:ranker:data", ts=T0 - 300, kind=SignalKind.DRIFT, service="ranker",
@@ -58,10 +58,7 @@ async def test_http_pipeline_is_called_once_with_model_evidence_and_window(tmp_p
 
     app = web.Application()
     app.router.add_post("/apis/v1beta1/runs", runs)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     try:
         text = HTTP_RULES % port
         async with aiohttp.ClientSession() as session:
@@ -83,10 +80,7 @@ async def test_http_error_fails_and_escalates(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_post("/apis/v1beta1/runs", down)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     try:
         text = HTTP_RULES % port
         async with aiohttp.ClientSession() as session:

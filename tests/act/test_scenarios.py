@@ -20,7 +20,7 @@ from aiops.scenario.generate import generate
 from aiops.scenario.replay import replay
 from aiops.sources.scenario import load_scenario
 
-from .kube_double import KubeDouble, deployment, free_port, write_kubeconfig
+from .kube_double import KubeDouble, deployment, serve, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = "/apis/apps/v1/namespaces/default"
@@ -56,10 +56,7 @@ async def test_scenario_plans_the_expected_action_and_executes_it_once(kind: str
 
     app = web.Application()
     app.router.add_post("/runs", runs)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     double = await KubeDouble().start()
     services = {expected.service} | set(scenario.topology) | {c for cs in scenario.topology.values() for c in cs}
     for svc in sorted(services):

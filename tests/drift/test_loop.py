@@ -20,7 +20,7 @@ from aiops.decide.engine import Decider
 from aiops.decide.rules import load_rules
 from aiops.drift import DriftMonitor, PredictionRecord
 from aiops.records import Action, ActionOutcome, Incident, IncidentStatus, SignalKind
-from tests.act.kube_double import free_port
+from tests.act.kube_double import serve
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_767_600_000.0
@@ -61,10 +61,7 @@ async def test_drift_triggers_one_retrain_and_the_new_version_resolves_the_incid
     pipeline = Pipeline()
     app = web.Application()
     app.router.add_post("/runs", pipeline.runs)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     (rules_dir / "actions.yaml").write_text((REPO / "rules" / "actions.yaml").read_text().replace(
         "  retrain:\n", "  retrain:\n    dry_run: false\n").replace(
         "  url: null", f"  url: http://127.0.0.1:{port}/runs"))
