@@ -42,6 +42,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from aiops.correlate.correlator import Correlator
 from aiops.decide.engine import Decider
 from aiops.decode.metrics import MetricDeriver
@@ -54,6 +56,7 @@ from aiops.state.base import CheckpointStore, Offsets
 from aiops.state.envelope import Checkpoint
 
 SNAPSHOT_VERSION = 1
+_PACK_MIN = 64  # shorter lists stay JSON: arrays only pay off when there are many numbers
 
 STAGES = ("deriver", "detect", "logs", "correlator", "decider")
 """Pipeline attributes holding stage state, each with ``snapshot()``/``from_snapshot()``."""
@@ -79,8 +82,26 @@ def snapshot_pipeline(p: Pipeline) -> dict[str, Any]:
         "next_step": p._next_step,
         "stats": asdict(p.stats),
         "reorder": _reorder_out(p.reorder),
-        **{name: getattr(p, name).snapshot() for name in STAGES},
+        **{name: getattr(p, name).snapshot() for name in STAGES if name != "detect"},
+        # Baselines are millions of numbers: as arrays the envelope stores them as bytes, not JSON text.
+        "detect": _pack(p.detect.snapshot()),
     }
+
+
+def _pack(x: Any) -> Any:
+    """Long numeric lists (and rectangular lists of them) as float64 arrays; everything else as is.
+
+    Only for stages whose ``from_snapshot`` reads these lists with ``np.asarray`` (the metric
+    detector): NaN stands in for ``None``, exactly what ``np.asarray(..., float)`` makes of it.
+    """
+    if isinstance(x, dict):
+        return {k: _pack(v) for k, v in x.items()}
+    if isinstance(x, list) and len(x) >= _PACK_MIN:
+        try:
+            return np.array(x, dtype=np.float64)
+        except (ValueError, TypeError):  # strings, ragged rows: keep the list, pack what is inside
+            return [_pack(v) for v in x]
+    return x
 
 
 def restore_pipeline(p: Pipeline, data: dict[str, Any]) -> None:
