@@ -46,8 +46,10 @@ class _Held:
     """A decoded message waiting for the other partitions to catch up in event time."""
 
     offset: int
+    min_ts: float
     max_ts: float  # -inf for a message with no records (bad input): released as soon as it is first
     records: list[Record]
+    fetched: float  # time.monotonic() when it arrived
 
 
 @dataclass(slots=True)
@@ -109,6 +111,7 @@ class KafkaSource:
     def __init__(
         self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
         *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
+        confirm_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
@@ -126,6 +129,7 @@ class KafkaSource:
         self._held: dict[TopicPartition, deque[_Held]] = {}
         self._head: dict[TopicPartition, float] = {}  # newest event time seen per partition
         self.align_slack_s = align_slack_s
+        self.confirm_s = confirm_s
 
     @property
     def topics(self) -> list[str]:
@@ -181,7 +185,7 @@ class KafkaSource:
         if batch is not None:
             yield batch
 
-    async def _frontier(self) -> float:
+    async def _frontier(self) -> tuple[float, bool]:
         """Event time up to which held messages may be released without starving a partition.
 
         Kafka hands out a backlog partition by partition, and a topic of logs and one of metrics
@@ -189,10 +193,13 @@ class KafkaSource:
         past another's and those would all be dropped as late. So a message is released only
         once every partition that still has unread data has shown event time within
         ``lateness_s / 2`` of it (the reorder buffer absorbs the rest), as Kafka Streams aligns
-        partitions of one task by timestamp.
+        partitions of one task by timestamp. Also returns whether some partition was taken as
+        caught up: its high watermark may predate data produced since, so messages are then
+        only released once they have waited ``confirm_s`` for the fetcher to see such data.
         """
         assert self.consumer is not None
         frontier = math.inf
+        caught_up = False
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is not None:
@@ -201,12 +208,13 @@ class KafkaSource:
                 except (TimeoutError, KafkaError, IllegalStateError):
                     continue
                 if position >= high:
+                    caught_up = True
                     continue  # caught up: nothing it could still deliver is older than what it has shown
             head = self._head.get(tp)
             if head is None:
-                return -math.inf  # unread data of unknown time: wait until it has shown some
+                return -math.inf, caught_up  # unread data of unknown time: wait until it has shown some
             frontier = min(frontier, head + self.align_slack_s)
-        return frontier
+        return frontier, caught_up
 
     async def _release(self, received: float, everything: bool = False) -> KafkaBatch | None:
         assert self.consumer is not None
@@ -216,12 +224,20 @@ class KafkaSource:
         if not any(self._held.values()):
             self._resume_all()
             return None
-        frontier = math.inf if everything else await self._frontier()
+        frontier, caught_up = (math.inf, False) if everything else await self._frontier()
+        confirmed = time.monotonic() - self.confirm_s if caught_up else math.inf
+        # Messages still waiting for confirmation will be released later: nothing much newer
+        # than them may go first, or they would arrive late.
+        for held in self._held.values():
+            for h in held:
+                if h.fetched > confirmed:
+                    frontier = min(frontier, h.min_ts + self.align_slack_s)
+                    break
         records: list[Record] = []
         offsets: dict[TopicPartition, int] = {}
         messages = 0
         for tp, held in self._held.items():
-            while held and held[0].max_ts <= frontier:
+            while held and held[0].max_ts <= frontier and held[0].fetched <= confirmed:
                 h = held.popleft()
                 records.extend(h.records)
                 offsets[tp] = h.offset + 1
@@ -256,6 +272,7 @@ class KafkaSource:
         decoder = self.decoder
         messages = 0
         counts: dict[str, int] = {}
+        fetched_at = time.monotonic()
         for tp, msgs in fetched.items():
             kind = self._kinds.get(tp.topic, "metric")
             held = self._held.setdefault(tp, deque())
@@ -277,13 +294,14 @@ class KafkaSource:
                 else:
                     kafka_ts = msg.timestamp / 1000.0 if msg.timestamp and msg.timestamp > 0 else None
                     got, errors = decoder.events(value, kafka_ts)
-                max_ts = -math.inf
+                max_ts = min_ts = -math.inf
                 if got:
                     counts[kind] = counts.get(kind, 0) + len(got)
                     max_ts = max(r.ts for r in got)
+                    min_ts = min(r.ts for r in got)
                     if max_ts > head:
                         head = max_ts
-                held.append(_Held(msg.offset, max_ts, list(got)))
+                held.append(_Held(msg.offset, min_ts, max_ts, list(got), fetched_at))
                 if errors:
                     where = f"{tp.topic}/{tp.partition}@{msg.offset}"
                     for err in errors:
