@@ -160,9 +160,14 @@ class Correlator:
         w = self.settings.window_s
         best: _Inc | None = None
         for inc in self._incidents.values():
-            if not inc.live or sig.ts > inc.last_activity + w or sig.ts < inc.opened_ts - w:
+            if not inc.live or sig.ts < inc.opened_ts - w:
                 continue
-            if not any(self.topology.related(sig.service, s) for s in self._services(inc)):
+            services = self._services(inc)
+            # A service already in a live incident is still that incident's problem, however long it
+            # lasts (a leak that ends in OOM kills); other services must be near its latest onsets.
+            if sig.service not in services and sig.ts > inc.last_activity + w:
+                continue
+            if not any(self.topology.related(sig.service, s) for s in services):
                 continue
             if best is None or inc.last_activity > best.last_activity:
                 best = inc

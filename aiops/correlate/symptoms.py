@@ -1,9 +1,10 @@
 """Which signals are symptoms (users or models are hurt) and which are causes or context.
 
 "Page on symptoms, not on causes" (Beyer et al., *Site Reliability Engineering*, ch. 6):
-errors, latency, unavailability, crash loops and a model's degraded output are what make
-an incident; request rates, CPU, memory and input-feature shifts explain one but, alone,
-are the daily life of a healthy system (a traffic burst moves all of them). The correlator
+errors, latency, unavailability, crash loops, memory saturation (a lasting climb toward the
+OOM kill) and a model's degraded output are what make an incident; request rates, CPU and
+input-feature shifts explain one but, alone, are the daily life of a healthy system (a
+traffic burst moves all of them). The correlator
 opens an incident only on a lasting symptom; causes and context still join it and feed the
 root-cause ranking.
 
@@ -36,6 +37,7 @@ SYMPTOMS: tuple[tuple[str, str], ...] = (
     ("*availability*", "down"),
     ("*success*", "down"),
     ("*restarts*", "up"),
+    ("*memory*", "up"),
     ("up", "down"),
     ("*accuracy*", "down"),
     ("model_prediction_*", ""),

@@ -302,3 +302,27 @@ def test_quantiles_of_one_histogram_are_one_piece_of_evidence() -> None:
     c.on_signal(sig("a", "cart", T0, name="http_request_duration_seconds:p90", end=T0 + 200))
     c.on_signal(sig("b", "cart", T0, name="http_request_duration_seconds:p99", end=T0 + 230))
     assert run(c, T0, T0 + 900) == []
+
+
+def test_sustained_memory_growth_is_a_saturation_symptom_but_cpu_is_not() -> None:
+    # Saturation is one of the four golden signals: memory climbing toward its limit pages before the
+    # OOM kill; a CPU rise alone is how a healthy service meets more traffic.
+    c = make()
+    c.on_signal(sig("cpu", "catalog", T0, name="process_cpu_seconds_total:rate"))
+    c.on_signal(sig("mem", "payments", T0, name="container_memory_working_set_bytes"))
+    out = run(c, T0, T0 + 400)
+    assert [r.services for r in opens(out)] == [("payments",)]
+
+
+def test_late_signal_of_a_service_in_a_live_incident_joins_it() -> None:
+    # A leak opens on memory, and twenty minutes later the same service's latency breaks:
+    # one problem, one page.
+    c = make(window_s=600.0)
+    c.on_signal(sig("mem", "payments", T0, name="container_memory_working_set_bytes"))
+    first = run(c, T0, T0 + 1200)
+    c.on_signal(sig("lat", "payments", T0 + 1200, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("err", "checkout", T0 + 1230))
+    later = run(c, T0 + 1215, T0 + 1500)
+    assert len(opens(first)) == 1 and opens(later) == []
+    assert {r.id for r in first + later} == {opens(first)[0].id}
+    assert set(later[-1].services) == {"payments", "checkout"}
