@@ -4,8 +4,9 @@ One object wires the stages (see docs/architecture.md); it is pure and determini
 same records give the same decisions — so replay and the live daemon run exactly this code.
 The live shell (``aiops.runtime.live``) only adds I/O around it.
 
-Per released record: metric samples go to the deriver, log lines to the log stage (whose
-signals go straight to the correlator), change events to the correlator. Whenever event time
+Per released record: metric samples go to the deriver, log lines to the log stage and a
+model's predictions to the drift monitor (their signals go straight to the correlator),
+change events to the correlator. Whenever event time
 passes the end of an aligned step, that step is closed: its derived points are scored by the
 metric detector, the log stage ticks, the correlator ticks, and each incident record it
 returns is turned into alerts and actions by the decider.
@@ -26,6 +27,8 @@ from aiops.decide.engine import Decider
 from aiops.decide.rules import Rules
 from aiops.decode.metrics import MetricDeriver
 from aiops.detect.stage import MetricDetectStage
+from aiops.drift.monitor import DriftMonitor
+from aiops.drift.records import PredictionRecord
 from aiops.logs.stage import LogStage
 from aiops.observe.rejects import Rejects
 from aiops.records import Alert, ChangeEvent, Decision, LogRecord, MetricSample, Record, SeriesPoint, Signal
@@ -39,6 +42,7 @@ class PipelineStats:
     metric_samples: int = 0
     log_lines: int = 0
     change_events: int = 0
+    predictions: int = 0
     steps: int = 0
     points: int = 0
     signals: int = 0
@@ -76,17 +80,18 @@ class Pipeline:
         self.deriver = MetricDeriver(self.step_s, rt.stale_steps, rt.max_gap_steps, rejects)
         self.detect = MetricDetectStage(settings.detect, rules.detector_overrides)
         self.logs = LogStage(settings.logs)
+        self.drift = DriftMonitor(settings.drift)
         self.correlator = Correlator(settings.correlate, topology)
         self.decider = Decider(rules, settings.act)
         self._next_step: int | None = None  # first aligned step not yet closed
 
     # -- input ---------------------------------------------------------------------------
 
-    def feed(self, record: Record) -> list[Decision]:
+    def feed(self, record: Record | PredictionRecord) -> list[Decision]:
         """Accept one record (any order within the lateness bound); return decisions it completes."""
         return self._process(self.reorder.push(record))
 
-    def feed_many(self, records: Iterable[Record]) -> list[Decision]:
+    def feed_many(self, records: Iterable[Record | PredictionRecord]) -> list[Decision]:
         out: list[Decision] = []
         for record in records:
             released = self.reorder.push(record)
@@ -109,7 +114,7 @@ class Pipeline:
 
     # -- stages --------------------------------------------------------------------------
 
-    def _process(self, records: list[Record]) -> list[Decision]:
+    def _process(self, records: list[Record | PredictionRecord]) -> list[Decision]:
         out: list[Decision] = []
         stats = self.stats
         step_s = self.step_s
@@ -136,6 +141,9 @@ class Pipeline:
             elif isinstance(record, ChangeEvent):
                 stats.change_events += 1
                 self.correlator.on_change(record)
+            elif isinstance(record, PredictionRecord):
+                stats.predictions += 1
+                self._signals(self.drift.process(record))
         return out
 
     def _close_steps_before(self, ts: float) -> list[Decision]:
@@ -159,6 +167,7 @@ class Pipeline:
             if points:
                 self._signals(self.detect.process(step_ts, points))
             self._signals(self.logs.tick(step_ts))
+            self._signals(self.drift.tick(step_ts))
             for incident in self.correlator.tick(step_ts):
                 self.stats.incidents += 1
                 out.append(incident)

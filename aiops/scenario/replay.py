@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 import time
@@ -13,8 +14,10 @@ from typing import Any, TextIO
 from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules, RulesError, load_rules
+from aiops.drift.records import PredictionRecord
+from aiops.drift.source import read_predictions
 from aiops.observe.rejects import Rejects
-from aiops.records import Action, Alert, Decision, Incident, to_output
+from aiops.records import Action, Alert, Decision, Incident, Record, to_output
 from aiops.runtime.pipeline import Pipeline, PipelineStats
 from aiops.scenario.check import CheckResult
 from aiops.scenario.check import check as check_expect
@@ -42,9 +45,15 @@ def replay(scenario: Scenario, settings: Settings, rules: Rules, rejects: Reject
     topology.merge(Topology.from_mapping(rules.topology_mapping()))
     pipeline = Pipeline(settings, rules, topology, rejects, step_s=scenario.step)
     started = time.perf_counter()
-    decisions = pipeline.feed_many(read_records(scenario, rejects))
+    # A model's prediction log (predictions.jsonl, an extension of the format) feeds the drift monitor.
+    records = heapq.merge(read_records(scenario, rejects), read_predictions(scenario.path, rejects), key=_ts)
+    decisions = pipeline.feed_many(records)
     decisions.extend(pipeline.finish())
     return ReplayResult(scenario, decisions, pipeline.stats, rejects, time.perf_counter() - started)
+
+
+def _ts(record: Record | PredictionRecord) -> float:
+    return record.ts
 
 
 def _when(ts: float) -> str:
@@ -56,7 +65,8 @@ def print_summary(result: ReplayResult, stream: TextIO) -> None:
     hours = (st.last_ts - st.first_ts) / 3600 if st.last_ts >= st.first_ts else 0.0
     print(
         f"replayed {result.scenario.name}: {st.metric_samples:,} samples, {st.log_lines:,} log lines, "
-        f"{st.change_events:,} change events, {hours:.1f} h of event time in {result.wall_s:.1f} s",
+        f"{st.change_events:,} change events, {st.predictions:,} predictions, "
+        f"{hours:.1f} h of event time in {result.wall_s:.1f} s",
         file=stream,
     )
     signals = ", ".join(f"{n} {k}" for k, n in sorted(st.signals_by_kind.items())) or "none"

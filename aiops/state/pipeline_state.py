@@ -48,6 +48,8 @@ from aiops.correlate.correlator import Correlator
 from aiops.decide.engine import Decider
 from aiops.decode.metrics import MetricDeriver
 from aiops.detect.stage import MetricDetectStage
+from aiops.drift.monitor import DriftMonitor
+from aiops.drift.records import PredictionRecord
 from aiops.logs.stage import LogStage
 from aiops.records import ChangeEvent, LogRecord, MetricSample, Record
 from aiops.runtime.pipeline import Pipeline, PipelineStats
@@ -58,7 +60,7 @@ from aiops.state.envelope import Checkpoint
 SNAPSHOT_VERSION = 1
 _PACK_MIN = 64  # shorter lists stay JSON: arrays only pay off when there are many numbers
 
-STAGES = ("deriver", "detect", "logs", "correlator", "decider")
+STAGES = ("deriver", "detect", "logs", "drift", "correlator", "decider")
 """Pipeline attributes holding stage state, each with ``snapshot()``/``from_snapshot()``."""
 
 COVERED = frozenset({*STAGES, "reorder", "stats", "_next_step"})
@@ -122,6 +124,7 @@ def restore_pipeline(p: Pipeline, data: dict[str, Any]) -> None:
                                                    p.rejects),
             "detect": MetricDetectStage.from_snapshot(data["detect"], s.detect, p.detect.overrides),
             "logs": LogStage.from_snapshot(data["logs"], s.logs),
+            "drift": DriftMonitor.from_snapshot(data["drift"], s.drift),
             "correlator": Correlator.from_snapshot(data["correlator"], s.correlate, p.correlator.topology),
             "decider": Decider.from_snapshot(data["decider"], p.decider.rules, s.act),
             "reorder": _reorder_in(data["reorder"], rt.lateness_s, p),
@@ -184,7 +187,9 @@ def _reorder_in(data: dict[str, Any], lateness_s: float, p: Pipeline) -> Reorder
     return rb
 
 
-def _record_out(r: Record) -> list[Any]:
+def _record_out(r: Record | PredictionRecord) -> list[Any]:
+    if isinstance(r, PredictionRecord):
+        return ["p", r.ts, r.model, [list(f) for f in r.features], r.prediction, r.label, r.id, r.version, r.service]
     if isinstance(r, MetricSample):
         return ["m", r.ts, r.name, [list(x) for x in r.labels], r.value]
     if isinstance(r, LogRecord):
@@ -192,8 +197,10 @@ def _record_out(r: Record) -> list[Any]:
     return ["e", r.ts, r.type, r.service, [list(x) for x in r.attrs]]
 
 
-def _record_in(x: list[Any]) -> Record:
+def _record_in(x: list[Any]) -> Record | PredictionRecord:
     kind = x[0]
+    if kind == "p":
+        return PredictionRecord(float(x[1]), str(x[2]), tuple((str(k), v) for k, v in x[3]), *x[4:9])
     if kind == "m":
         return MetricSample(float(x[1]), str(x[2]), tuple((str(k), str(v)) for k, v in x[3]), float(x[4]))
     if kind == "l":
