@@ -101,6 +101,13 @@ def _strength(svc: _Service) -> float:
     return top * (1.0 + 0.1 * min(breadth - 1, 5))
 
 
+def _covers(own: float, other: float, observed: bool) -> float:
+    """How far a service of strength ``own`` can account for one of strength ``other`` (0..1)."""
+    if not observed or other <= 0:
+        return 1.0
+    return min(1.0, own / other)
+
+
 def _change_for(service: str, onset: float, changes: Sequence[ChangeEvent], lookback_s: float,
                 tolerance_s: float) -> ChangeEvent | None:
     best: ChangeEvent | None = None
@@ -249,7 +256,11 @@ def _score_service(
                  and by_service[o].onset >= svc.onset - tol]
         mass = sum(by_service[o].strength for o in others)
         if mass > 0:
-            svc.parts["explains"] = sum(by_service[o].strength for o in above) / mass
+            # a caller is explained only as far as this service's own trouble can account for
+            # its trouble: a faint blip here does not explain a loud failure above (the mirror
+            # of the blame weighting; an unobserved candidate is taken at face value)
+            svc.parts["explains"] = sum(by_service[o].strength * _covers(own, by_service[o].strength, svc.observed)
+                                        for o in above) / mass
         if above:
             lags = [max(0.0, by_service[o].onset - svc.onset) for o in above]
             spread = f"{min(lags):.0f}" if round(min(lags)) == round(max(lags)) else f"{min(lags):.0f}-{max(lags):.0f}"
