@@ -40,6 +40,18 @@ BAD_DIRECTION = {"latency": "up", "availability": "down", "requests": "both"}
 """Which way a PetShop metric hurts users; requests may surge (overload) or collapse (errors)."""
 
 
+def signal_name(metric: str, stat: str) -> str:
+    """The name a series gets as a signal, in the daemon's derived-series form.
+
+    A request count per fixed period is a request rate (``requests:rate``), which is how the
+    correlator recognises the load a node receives; the other statistics keep their own names.
+
+    >>> signal_name("requests", "Sum"), signal_name("latency", "p99")
+    ('requests:rate', 'latency:p99')
+    """
+    return f"{metric}:rate" if metric == "requests" and stat == "Sum" else f"{metric}:{stat}"
+
+
 @dataclass
 class Table:
     columns: list[tuple[str, str, str]]  # node, metric, statistic
@@ -159,7 +171,7 @@ def issue_signals(table: Table, base: dict[tuple[str, str, str], Baseline], thre
         if onset is not None:
             signals.append(Signal(
                 id=f"{node}|{metric}|{stat}", ts=onset, kind=SignalKind.METRIC, service=node,
-                name=f"{metric}:{stat}", score=min(peak, 50.0) / 50.0, direction=direction,
+                name=signal_name(metric, stat), score=min(peak, 50.0) / 50.0, direction=direction,
                 evidence=(f"{metric} {stat} {direction} {peak:.1f} robust sd from baseline",),
             ))
     return signals
@@ -190,7 +202,7 @@ def symptom_signal(table: Table, base: dict[tuple[str, str, str], Baseline], ser
                    default=0.0)
     bad = BAD_DIRECTION.get(metric, "both")
     return signals + [Signal(
-        id=sid, ts=table.times[onset_row], kind=SignalKind.METRIC, service=node, name=f"{metric}:{stat}",
+        id=sid, ts=table.times[onset_row], kind=SignalKind.METRIC, service=node, name=signal_name(metric, stat),
         score=min(peak, 50.0) / 50.0, direction=bad if bad != "both" else "",
         evidence=(f"{metric} {stat}: the issue's symptom",),
     )]

@@ -152,13 +152,17 @@ def rank_causes(
         measured = [s for s in svc.signals if s.kind is not SignalKind.LOG] or svc.signals
         loud = max(s.score for s in measured) * ONSET_SHARE
         svc.onset = min(s.ts for s in measured if s.score >= loud)
-    t0 = min(s.onset for s in by_service.values())
+    for svc in by_service.values():
+        svc.strength = _strength(svc)
+    # The incident starts with its first loud service, by the same rule as a service's onset:
+    # a faint blip elsewhere a step earlier is as likely noise as a precursor, and must not
+    # make every loud service "later" (it still counts as early itself).
+    loudest = max(s.strength for s in by_service.values())
+    t0 = min(s.onset for s in by_service.values() if s.strength >= ONSET_SHARE * loudest)
     anomalous = set(by_service)
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
     max_breadth = max(len({sig.name for sig in s.signals}) for s in by_service.values())
 
-    for svc in by_service.values():
-        svc.strength = _strength(svc)
     for cand in _unobserved_candidates(anomalous, by_service, topology):
         by_service[cand.name] = cand
     down = {name: topology.downstream(name) for name in by_service}

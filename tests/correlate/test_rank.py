@@ -36,3 +36,14 @@ def test_loud_callee_still_explains_its_callers() -> None:
         sig("db", "query_duration_seconds:p99", 0.0, 1.0),
     ]
     assert ranking(signals, topo)[0] == "db"
+
+
+def test_faint_early_blip_elsewhere_does_not_make_the_loud_failure_late() -> None:
+    # a cache blips faintly five minutes before api fails loudly; web follows api
+    topo = Topology.from_mapping({"web": ["api", "cache"]})
+    signals = [
+        sig("cache", "cache_latency_seconds:p99", 0.0, 0.25),
+        sig("api", "http_requests_total:error_ratio", 300.0, 1.0),
+        sig("web", "http_requests_total:error_ratio", 300.0, 0.6),
+    ]
+    assert ranking(signals, topo)[0] == "api"
