@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aiops.correlate.symptoms import family
 from aiops.correlate.topology import Topology
 from aiops.records import ChangeEvent, RootCause, Signal, SignalKind
 
@@ -163,13 +164,16 @@ def rank_causes(
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
     max_breadth = max(len({sig.name for sig in s.signals}) for s in by_service.values())
 
+    # Services whose only anomaly is the rate of calls they receive: load flows from caller to
+    # callee, so such a change says something about its callers, not about the service itself.
+    load_only = {name for name, svc in by_service.items() if _only_load(svc)}
     for cand in _unobserved_candidates(anomalous, by_service, topology):
         by_service[cand.name] = cand
     down = {name: topology.downstream(name) for name in by_service}
 
     for svc in by_service.values():
-        _score_service(svc, by_service, anomalous, t0, changes, topology, down, change_lookback_s, tolerance_s,
-                       max_strength, max_breadth)
+        _score_service(svc, by_service, anomalous, load_only, t0, changes, topology, down, change_lookback_s,
+                       tolerance_s, max_strength, max_breadth)
 
     ordered = sorted(by_service.values(), key=lambda s: (-s.score, s.onset, s.name))[:max_causes]
     causes: list[RootCause] = []
@@ -188,6 +192,12 @@ def rank_causes(
         lines.append(f"#{i} {svc.name} score {svc.score:.3f} = {parts or 'no evidence'}"
                      + ("" if svc.observed else f" (unobserved, x{UNOBSERVED_FACTOR})"))
     return causes, lines
+
+
+def _only_load(svc: _Service) -> bool:
+    """True when every signal of the service is a change in the rate of requests it serves."""
+    return bool(svc.signals) and all(s.kind is SignalKind.METRIC and family(s)[2] == "request_rate"
+                                     for s in svc.signals)
 
 
 def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
@@ -214,7 +224,7 @@ def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
 
 
 def _score_service(
-    svc: _Service, by_service: dict[str, _Service], anomalous: set[str], t0: float,
+    svc: _Service, by_service: dict[str, _Service], anomalous: set[str], load_only: set[str], t0: float,
     changes: Sequence[ChangeEvent], topology: Topology, down: dict[str, set[str]], lookback_s: float, tol: float,
     max_strength: float, max_breadth: int,
 ) -> None:
@@ -242,7 +252,8 @@ def _score_service(
         direct = set(topology.callees(name))
         blame: dict[str, float] = {}
         for c in below:
-            if by_service[c].onset <= svc.onset + tol:
+            # a callee that only sees a different rate of calls is this service's doing, not its cause
+            if c not in load_only and by_service[c].onset <= svc.onset + tol:
                 hop = 1.0 if c in direct else 0.8
                 blame[c] = hop * min(1.0, by_service[c].strength / own) if own > 0 else hop
         worst = max(blame.values(), default=0.0)
@@ -271,6 +282,14 @@ def _score_service(
             svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {spread} s later")
     else:
         svc.parts["root_like"] = 0.5  # the graph cannot tell; neither credit nor blame
+    senders = [c for c in topology.callers(name) if c in anomalous] if name in load_only else []
+    if senders:
+        # its callers send its traffic and are in trouble themselves: a victim, and it explains
+        # nothing about them (a changed rate of calls cannot cause its callers' errors or latency)
+        svc.parts["root_like"] = 0.0
+        svc.parts.pop("explains", None)
+        svc.evidence.append(f"only the rate of calls it receives changed, and its caller {', '.join(senders[:3])} "
+                            f"is anomalous: traffic flows from callers")
 
     # a recent change of its own
     ch = _change_for(name, svc.onset, changes, lookback_s, tol)

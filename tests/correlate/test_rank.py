@@ -47,3 +47,28 @@ def test_faint_early_blip_elsewhere_does_not_make_the_loud_failure_late() -> Non
         sig("web", "http_requests_total:error_ratio", 300.0, 0.6),
     ]
     assert ranking(signals, topo)[0] == "api"
+
+
+def test_a_callee_whose_only_change_is_the_traffic_it_receives_is_a_victim() -> None:
+    # api fails; the queue it writes to only sees fewer requests (api sends fewer), strongly
+    topo = Topology.from_mapping({"web": ["api"], "api": ["queue"]})
+    signals = [
+        sig("web", "http_requests_total:error_ratio", 0.0, 0.4),
+        sig("api", "http_requests_total:error_ratio", 0.0, 0.6),
+        sig("queue", "http_requests_total:rate", 0.0, 1.0, direction="down"),
+    ]
+    causes, _ = rank_causes(signals, [], topo, tolerance_s=30.0)
+    assert [c.service for c in causes][:1] == ["api"]
+    queue = next(c for c in causes if c.service == "queue")
+    assert any("traffic flows from callers" in e for e in queue.evidence)
+
+
+def test_a_traffic_change_at_an_entry_service_keeps_its_weight() -> None:
+    # nobody calls the frontend: a change in its traffic comes from users and may be the cause
+    topo = Topology.from_mapping({"frontend": ["search"]})
+    signals = [
+        sig("frontend", "http_requests_total:rate", 0.0, 1.0),
+        sig("search", "http_request_duration_seconds:p99", 60.0, 0.5),
+    ]
+    causes, _ = rank_causes(signals, [], topo, tolerance_s=30.0)
+    assert not any("traffic flows from callers" in e for c in causes for e in c.evidence)
