@@ -200,6 +200,18 @@ def _only_load(svc: _Service) -> bool:
                                      for s in svc.signals)
 
 
+def _fed(name: str, load_only: set[str], topology: Topology) -> set[str]:
+    """Load-only services reached from ``name`` through load-only callees: traffic it sends."""
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        for c in topology.callees(stack.pop()):
+            if c in load_only and c not in seen and c != name:
+                seen.add(c)
+                stack.append(c)
+    return seen
+
+
 def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
                            topology: Topology) -> list[_Service]:
     """Healthy-looking services called by two or more anomalous services with no anomalous callee.
@@ -274,8 +286,10 @@ def _score_service(
             # a caller is explained only as far as this service's own trouble can account for
             # its trouble: a faint blip here does not explain a loud failure above (the mirror
             # of the blame weighting; an unobserved candidate is taken at face value)
+            # and the callees whose only change is the traffic it sends them (load flows down)
+            fed = _fed(name, load_only, topology) - set(above)
             svc.parts["explains"] = sum(by_service[o].strength * _covers(own, by_service[o].strength, svc.observed)
-                                        for o in above) / mass
+                                        for o in [*above, *sorted(fed)]) / mass
         if above:
             lags = [max(0.0, by_service[o].onset - svc.onset) for o in above]
             spread = f"{min(lags):.0f}" if round(min(lags)) == round(max(lags)) else f"{min(lags):.0f}-{max(lags):.0f}"

@@ -72,3 +72,17 @@ def test_a_traffic_change_at_an_entry_service_keeps_its_weight() -> None:
     ]
     causes, _ = rank_causes(signals, [], topo, tolerance_s=30.0)
     assert not any("traffic flows from callers" in e for c in causes for e in c.evidence)
+
+
+def test_a_service_explains_the_traffic_changes_it_sends_down() -> None:
+    # api fails; its callees see fewer calls; one of them also shows a modest p95 rise
+    topo = Topology.from_mapping({"web": ["api"], "api": ["ext", "q1", "q2", "q3"]})
+    signals = [
+        sig("web", "http_requests_total:error_ratio", 0.0, 0.2),
+        sig("api", "http_requests_total:error_ratio", 0.0, 1.0),
+        sig("api", "http_request_duration_seconds:p90", 0.0, 0.2),
+        sig("ext", "http_request_duration_seconds:p95", 0.0, 0.33),
+        sig("ext", "http_requests_total:rate", 0.0, 0.16, direction="down"),
+        *(sig(q, "http_requests_total:rate", 0.0, 0.16, direction="down") for q in ("q1", "q2", "q3")),
+    ]
+    assert ranking(signals, topo)[0] == "api"
