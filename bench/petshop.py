@@ -226,6 +226,17 @@ def incident_of(signals: list[Signal], topo: Topology, symptom: str) -> list[Sig
     return [s for s in signals if s.service in component]
 
 
+def strict_rank(truth: str, scores: dict[str, float]) -> int | None:
+    """The truth's rank if it came after every node with the same score (None when not ranked).
+
+    >>> strict_rank("b", {"a": 0.5, "b": 0.5, "c": 0.1}), strict_rank("x", {"a": 1.0})
+    (2, None)
+    """
+    if truth not in scores:
+        return None
+    return sum(1 for n, v in scores.items() if n != truth and v >= scores[truth]) + 1
+
+
 AUTHORS_BASELINE = {
     "low_traffic": {"latency": (14, 0.571, 0.571), "availability": (12, 0.833, 1.000)},
     "high_traffic": {"latency": (14, 0.571, 0.786), "availability": (12, 0.667, 1.000)},
@@ -286,16 +297,22 @@ def main() -> int:
         peer_ranking = sorted(strongest, key=lambda n: (-strongest[n], n))
         r_ours = ranking.index(truth) + 1 if truth in ranking else None
         r_peer = peer_ranking.index(truth) + 1 if truth in peer_ranking else None
-        t = tally.setdefault(sym["metric"], [0, 0, 0, 0, 0])
+        # a tie with the truth is won by the ranking's tie-break (onset, then name): count it too
+        # the pessimistic way, where the truth comes after everything scoring the same
+        w_ours = strict_rank(truth, {c.service: c.score for c in causes})
+        w_peer = strict_rank(truth, strongest)
+        t = tally.setdefault(sym["metric"], [0] * 7)
         t[0] += 1
-        for i, (r, k) in enumerate(((r_ours, 1), (r_ours, 3), (r_peer, 1), (r_peer, 3)), 1):
+        for i, (r, k) in enumerate(((r_ours, 1), (r_ours, 3), (r_peer, 1), (r_peer, 3), (w_ours, 1), (w_peer, 1)), 1):
             t[i] += r is not None and r <= k
         name = f"{d.parent.name}/{d.name}"
         top3 = ", ".join(x[:28] for x in ranking[:3])
-        print(f"{name:16} {sym['metric'][:12]:12} {truth[:42]:42} {r_ours or '-':>5} {r_peer or '-':>5}  {top3}")
+        shown_ours = f"{'=' if w_ours != r_ours else ''}{r_ours or '-'}"
+        shown_peer = f"{'=' if w_peer != r_peer else ''}{r_peer or '-'}"
+        print(f"{name:16} {sym['metric'][:12]:12} {truth[:42]:42} {shown_ours:>5} {shown_peer:>5}  {top3}")
         if args.verbose:
             print("    " + "\n    ".join(lines[:5]))
-    tally["pooled"] = [sum(t[i] for t in tally.values()) for i in range(5)]
+    tally["pooled"] = [sum(t[i] for t in tally.values()) for i in range(7)]
     theirs = authors_figures(args.data)
     print()
     print(f"issues: {tally['pooled'][0]} (train and test pooled; nothing is trained)")
@@ -313,10 +330,13 @@ def main() -> int:
         print(f"{metric:13} {n:>6}  {t[1] / n:>10.3f} {t[2] / n:>6.3f}  {t[3] / n:>10.3f} {t[4] / n:>6.3f}  {ref_s}")
     pooled = tally["pooled"]
     n = pooled[0]
+    print(f"'=' marks a rank shared with another node (a tie won or lost on the tie-break); counting every "
+          f"tie at the top as a miss: ours top-1 {pooled[5] / n:.3f}, peer top-1 {pooled[6] / n:.3f}")
     split = " ".join(f"{m[:5]}_top1={a[0]:.3f} {m[:5]}_top3={a[1]:.3f}" for m, a in sorted(acc.items())
                      if m != "pooled")
     print(f"summary: issues={n} top1={pooled[1] / n:.3f} top3={pooled[2] / n:.3f} {split} "
-          f"peer_top1={pooled[3] / n:.3f} peer_top3={pooled[4] / n:.3f}")
+          f"peer_top1={pooled[3] / n:.3f} peer_top3={pooled[4] / n:.3f} "
+          f"top1_ties_as_miss={pooled[5] / n:.3f} peer_top1_ties_as_miss={pooled[6] / n:.3f}")
     return 0
 
 

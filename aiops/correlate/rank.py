@@ -94,11 +94,16 @@ class _Service:
 
 
 def _strength(svc: _Service) -> float:
-    """How loudly a service is anomalous: its strongest signal, a little more for breadth."""
+    """How loudly a service is anomalous: its strongest signal, a little more for breadth.
+
+    Breadth counts independent measurements (:func:`~aiops.correlate.symptoms.family`): the
+    quantiles of one histogram move together, and a service that exports more of them is not
+    more anomalous for it.
+    """
     if not svc.signals:
         return 0.0
     top = max(s.score for s in svc.signals)
-    breadth = len({s.name for s in svc.signals})
+    breadth = _breadth(svc.signals)
     return top * (1.0 + 0.1 * min(breadth - 1, 5))
 
 
@@ -107,6 +112,11 @@ def _covers(own: float, other: float, observed: bool) -> float:
     if not observed or other <= 0:
         return 1.0
     return min(1.0, own / other)
+
+
+def _breadth(signals: Sequence[Signal]) -> int:
+    """How many independent measurements of a service are anomalous."""
+    return len({family(s) for s in signals})
 
 
 def _change_for(service: str, onset: float, changes: Sequence[ChangeEvent], lookback_s: float,
@@ -162,7 +172,7 @@ def rank_causes(
     t0 = min(s.onset for s in by_service.values() if s.strength >= ONSET_SHARE * loudest)
     anomalous = set(by_service)
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
-    max_breadth = max(len({sig.name for sig in s.signals}) for s in by_service.values())
+    max_breadth = max(_breadth(s.signals) for s in by_service.values())
 
     # Services whose only anomaly is the rate of calls they receive: load flows from caller to
     # callee, so such a change says something about its callers, not about the service itself.
@@ -323,5 +333,5 @@ def _score_service(
         svc.evidence.append(f"its own logs: {_describe(top)} from {hms(top.ts)}")
 
     strength = max(s.score for s in svc.signals) / max_strength
-    breadth = len({s.name for s in svc.signals}) / max(1, max_breadth)
+    breadth = _breadth(svc.signals) / max(1, max_breadth)
     svc.parts["strength"] = 0.5 * strength + 0.5 * breadth

@@ -86,3 +86,15 @@ def test_a_service_explains_the_traffic_changes_it_sends_down() -> None:
         *(sig(q, "http_requests_total:rate", 0.0, 0.16, direction="down") for q in ("q1", "q2", "q3")),
     ]
     assert ranking(signals, topo)[0] == "api"
+
+
+def test_quantiles_of_one_histogram_are_one_piece_of_evidence() -> None:
+    # a exports four quantiles of one latency histogram; b shows latency and errors
+    topo = Topology.from_mapping({"web": ["a", "b"]})
+    signals = [
+        sig("web", "http_request_duration_seconds:p99", 0.0, 0.5),
+        *(sig("a", f"http_request_duration_seconds:{q}", 0.0, 0.9) for q in ("p50", "p90", "p95", "p99")),
+        sig("b", "http_request_duration_seconds:p99", 0.0, 0.9),
+        sig("b", "http_requests_total:error_ratio", 0.0, 0.5),
+    ]
+    assert ranking(signals, topo)[0] == "b"
