@@ -165,6 +165,11 @@ class LiveSettings(BaseModel):
     queue_size: int = Field(10000, ge=1, description="records buffered from HTTP sources before they push back")
     shutdown_timeout_s: float = Field(20.0, gt=0, description="SIGTERM: drain, flush and commit within this time")
     idle_advance_s: float = Field(5.0, gt=0, description="with no input this long, event time follows the wall clock")
+    # Added for checkpoints (issue 8): state and Kafka offsets saved together, offsets committed after.
+    checkpoint_interval_s: float = Field(
+        30.0, gt=0, description="wall time between checkpoints of the pipeline state (and the offset commits "
+        "that follow them); one is also taken at shutdown")
+    checkpoint_keep: int = Field(1, ge=0, description="older checkpoint generations kept as fallbacks")
 
 
 class Settings(BaseSettings):

@@ -8,21 +8,33 @@ Data flow::
 
     Kafka consumer ─┐ (KafkaBatch: records + offsets)
     remote write  ──┼──> inbox (bounded asyncio.Queue) ──> processor: pipeline.feed_many()
-    PromQL poller ─┘                                           │   mark offsets processed, commit
-                                                               └─> decisions: sinks.send(alert), actions, --out
+    PromQL poller ─┘                                           │   every checkpoint interval: checkpoint, then commit
+                                                               └─> decisions: sinks.send(alert), act stage, --out
 
 * **Backpressure** — the inbox is bounded (``kafka.queue_batches`` batches from Kafka, HTTP
   handlers wait on the same queue), so a slow pipeline stops the consumer from fetching and
   slows remote-write responses instead of growing memory.
-* **Offsets** — committed only for batches the processor has fed to the pipeline.
+* **Act** — every incident record and planned action goes, in order, to the act stage
+  (:class:`~aiops.act.stage.ActStage`: guards, ledger, Kubernetes); what it returns (action
+  outcomes, escalation alerts) goes to the sinks and ``--out`` like the pipeline's own decisions.
+  It ticks every ``act.tick_s`` of event time. Its ledger makes a repeated decision (a replayed
+  tail after a crash) a no-op, so no action runs twice.
+* **Checkpoints and offsets** — at start the newest checkpoint in ``state_dir`` is restored
+  (:mod:`aiops.runtime.checkpointing`) and the consumer seeks to the offsets it covers;
+  ``/readyz`` says not ready until then. Every ``live.checkpoint_interval_s`` and at shutdown,
+  between batches, the pipeline is checkpointed with the offsets after its last record, and only
+  then are those offsets committed: a crash replays at most the records after the last
+  checkpoint, and the replayed decisions carry the same incident ids (sinks deduplicate).
 * **Idle sources** — with no input for ``live.idle_advance_s``, event time is moved forward as
   far as the wall clock moved since the newest record arrived (``Pipeline.advance``), so
   incidents still resolve when telemetry stops; historic data replayed through Kafka is not
   disturbed because only wall time *since the last record* is added.
 * **Supervision** — one ``asyncio.TaskGroup`` owns every task; a task that dies is logged,
   counted and takes the daemon down with exit code 1 (after committing what was processed).
-* **SIGTERM / SIGINT** — stop reading, drain the inbox through the pipeline, finish it, flush
-  sinks, commit offsets, exit 0, all within ``live.shutdown_timeout_s``.
+* **SIGTERM / SIGINT** — stop reading, drain the inbox through the pipeline, checkpoint, commit
+  offsets, flush sinks, exit 0, all within ``live.shutdown_timeout_s``. The pipeline is not
+  finished as replay finishes it: the records still inside the lateness bound stay in the
+  checkpoint, and the next run continues with them instead of deciding on partial steps.
 """
 
 from __future__ import annotations
@@ -30,16 +42,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import structlog
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from aiops.act.stage import ActStage
 from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
@@ -47,13 +62,25 @@ from aiops.notify.base import Sink
 from aiops.observe.http import HttpServer
 from aiops.observe.metrics import SelfMetrics, StageCollector
 from aiops.observe.rejects import Rejects
-from aiops.records import Action, Alert, Decision, Incident, IncidentStatus, MetricSample, Record, to_output
+from aiops.records import (
+    Action,
+    ActionOutcome,
+    Alert,
+    AlertStatus,
+    Decision,
+    Incident,
+    IncidentStatus,
+    MetricSample,
+    Record,
+    to_output,
+)
+from aiops.runtime.checkpointing import Checkpointer, checkpoint_name
 from aiops.runtime.pipeline import Pipeline
 from aiops.sources.kafka import KafkaBatch, KafkaSource
+from aiops.state.base import CheckpointStore
+from aiops.state.file import FileCheckpointStore
 
 log = structlog.get_logger(__name__)
-
-ActionHandler = Callable[[Action], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -93,8 +120,8 @@ class LiveDaemon:
     def __init__(
         self, settings: Settings, rules: Rules, topology: Topology, *,
         registry: CollectorRegistry | None = None, out: IO[str] | None = None,
-        kafka: bool = True, step_s: float | None = None, on_action: ActionHandler | None = None,
-        clock: Callable[[], float] = time.time,
+        kafka: bool = True, step_s: float | None = None, clock: Callable[[], float] = time.time,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -102,9 +129,9 @@ class LiveDaemon:
         self.rejects = Rejects(registry=self.registry)
         self.pipeline = Pipeline(settings, rules, topology, self.rejects, step_s=step_s, registry=self.registry)
         self.registry.register(StageCollector(lambda: self.pipeline.stats))
+        self.rules = rules
         self.out = out
         self.clock = clock
-        self.on_action = on_action
         self.sinks = build_sinks(settings, self.metrics)
         self.kafka = self._kafka_source() if kafka else None
         self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=settings.kafka.queue_batches)
@@ -123,14 +150,22 @@ class LiveDaemon:
             self.poller = PrometheusPoller(settings.prometheus, self.pipeline.step_s, self.rejects, self.metrics)
         self.http = HttpServer(settings.http.host, settings.http.port, self.registry, self._ready, routes,
                                settings.http.max_body_bytes)
-        self._state_loaded = True  # no checkpoint restore yet: a fresh pipeline is loaded state
+        # The file store is built in run(): constructing a daemon creates no directory.
+        self._store = store
+        self.checkpointer: Checkpointer | None = None
+        self.act: ActStage | None = None
+        self._act_next_tick: float | None = None  # None: the act stage has not been started yet
+        self._state_loaded = False
         self._sources_connected = False
+        self._resume_offsets: dict[tuple[str, int], int] = {}  # from the restored checkpoint: seek here
+        self._offsets: dict[TopicPartition, int] = {}  # after the last record fed to the pipeline
+        self._dirty = False  # fed or advanced since the last checkpoint
+        self._firing: dict[str, Alert] = {}  # the pipeline's firing alerts, re-announced after a restart
         self._open: set[str] = set()
         self._newest_ts: float | None = None
         self._newest_wall = 0.0
         self._last_input_wall = 0.0
         self.processed_records = 0
-        self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._http_room = asyncio.Condition()
         self._http_queued = 0
 
@@ -143,7 +178,8 @@ class LiveDaemon:
     # -- readiness -----------------------------------------------------------------------
 
     def _ready(self) -> bool:
-        return self._sources_connected and self._state_loaded
+        kafka_ok = self.kafka is None or self.kafka.connected
+        return self._sources_connected and self._state_loaded and kafka_ok
 
     # -- sources -------------------------------------------------------------------------
 
@@ -173,9 +209,15 @@ class LiveDaemon:
         while not stop.is_set():
             try:
                 await self.kafka.start()
+                self._seek_to_checkpoint()
                 return True
             except Exception as exc:  # noqa: BLE001 - any connection failure is retried, never fatal
                 log.warning("kafka_connect_failed", error=repr(exc), retry_in_s=delay)
+                if self.kafka.consumer is not None:
+                    try:
+                        await self.kafka.stop()
+                    except Exception:  # noqa: BLE001 - it is being replaced anyway
+                        pass
                 self.kafka = self._kafka_source()
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
@@ -183,6 +225,79 @@ class LiveDaemon:
                     pass
                 delay = min(delay * 2, 30.0)
         return False
+
+    def _seek_to_checkpoint(self) -> None:
+        """Read on from the restored checkpoint's offsets, not from the group's committed ones.
+
+        ``start()`` returns once partitions are assigned and before the first fetch is handed
+        out; a seek then discards anything prefetched from the committed position. The committed
+        offsets normally agree (they are committed only after a checkpoint); they differ when a
+        crash fell between a checkpoint and its commit, or when the newest checkpoint was set
+        aside and an older one restored.
+        """
+        assert self.kafka is not None and self.kafka.consumer is not None
+        consumer = self.kafka.consumer
+        for tp in consumer.assignment():
+            offset = self._resume_offsets.get((tp.topic, tp.partition))
+            if offset is not None:
+                consumer.seek(tp, offset)
+                log.info("kafka_seek_to_checkpoint", topic=tp.topic, partition=tp.partition, offset=offset)
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        """Restore the newest checkpoint (in a worker thread: /healthz keeps answering meanwhile)."""
+        name = checkpoint_name(self.settings.kafka.group_id if self.kafka is not None else None)
+        store = self._store
+        if store is None:
+            store = FileCheckpointStore(self.settings.state_dir, name=name, keep=self.settings.live.checkpoint_keep,
+                                        registry=self.registry)
+        self.checkpointer = Checkpointer(store, self.registry, self.settings.live.checkpoint_interval_s)
+        restored = await asyncio.to_thread(self.checkpointer.restore, self.pipeline)
+        if restored is not None:
+            self._resume_offsets = dict(restored.offsets)
+            self._offsets = {TopicPartition(t, p): o for (t, p), o in restored.offsets.items()}
+            wm = self.pipeline.reorder.watermark
+            if math.isfinite(wm):
+                # Idle advance continues from the newest record the state has seen.
+                self._newest_ts = wm + self.settings.runtime.lateness_s
+                self._newest_wall = self._last_input_wall = self.clock()
+                await self._start_act(wm)
+            for alert in restored.firing:
+                # Sinks keep no state across restarts: say again what is firing, with its original start.
+                self._firing[alert.incident_id] = alert
+                for sink in self.sinks:
+                    sink.send(alert)
+        self._state_loaded = True
+
+    async def _checkpoint(self) -> None:
+        """Checkpoint between batches, then commit the offsets it covers (never before)."""
+        assert self.checkpointer is not None
+        offsets = {(tp.topic, tp.partition): off for tp, off in self._offsets.items()}
+        # The processor awaits this: nothing feeds the pipeline while the worker thread snapshots it.
+        ok = await asyncio.to_thread(self.checkpointer.save, self.pipeline, offsets, list(self._firing.values()))
+        if not ok:
+            return
+        self._dirty = False
+        if self.kafka is not None and self._offsets:
+            self.kafka.mark_processed(KafkaBatch(records=[], offsets=dict(self._offsets), messages=0))
+            await self.kafka.commit()
+
+    # -- act -----------------------------------------------------------------------------
+
+    async def _start_act(self, now: float) -> None:
+        """Start the act stage once event time is known: actions a crash left executing fail as in doubt."""
+        if self.act is None or self._act_next_tick is not None:
+            return
+        self._act_next_tick = now + self.settings.act.tick_s
+        await self._emit_all(await self.act.start(now), acted=True)
+
+    async def _act_tick(self, now: float) -> None:
+        """Tick the act stage if ``act.tick_s`` of event time passed since the last tick."""
+        if self.act is None or self._act_next_tick is None or not math.isfinite(now) or now < self._act_next_tick:
+            return
+        self._act_next_tick = now + self.settings.act.tick_s
+        await self._emit_all(await self.act.tick(now), acted=True)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -192,11 +307,17 @@ class LiveDaemon:
             try:
                 item = await asyncio.wait_for(self.inbox.get(), timeout=idle)
             except TimeoutError:
-                self._idle_advance()
+                await self._idle_advance()
+                await self._maybe_checkpoint()
                 continue
             if item is _STOP:
                 return
             await self._handle(item)
+            await self._maybe_checkpoint()
+
+    async def _maybe_checkpoint(self) -> None:
+        if self._dirty and self.checkpointer is not None and self.checkpointer.due():
+            await self._checkpoint()
 
     async def _handle(self, item: InboxItem) -> None:
         now_wall = self.clock()
@@ -206,12 +327,18 @@ class LiveDaemon:
             if self._newest_ts is None or newest > self._newest_ts:
                 self._newest_ts = newest
                 self._newest_wall = now_wall
+            # Ticks follow event time from the oldest record on: a backlog may arrive in one batch.
+            await self._start_act(min(r.ts for r in item.records))
             decisions = self.pipeline.feed_many(item.records)
             self.processed_records += len(item.records)
-            self._dispatch(decisions)
-        if item.kafka is not None and self.kafka is not None:
-            self.kafka.mark_processed(item.kafka)
-            await self.kafka.maybe_commit()
+            self._dirty = True
+            await self._dispatch(decisions)
+        if item.kafka is not None:
+            # Committed only after the checkpoint that covers them (see _checkpoint).
+            for tp, off in item.kafka.offsets.items():
+                if off > self._offsets.get(tp, -1):
+                    self._offsets[tp] = off
+            self._dirty = True
         elif item.source == "remote_write":
             async with self._http_room:
                 self._http_queued -= len(item.records)
@@ -220,64 +347,97 @@ class LiveDaemon:
         if self._newest_ts is not None:
             self.metrics.event_lag.set(now_wall - self._newest_ts)
 
-    def _idle_advance(self) -> None:
+    async def _idle_advance(self) -> None:
         if self._newest_ts is None:
             return
         now_wall = self.clock()
         if now_wall - self._last_input_wall < self.settings.live.idle_advance_s:
             return
         target = self._newest_ts + (now_wall - self._newest_wall)
-        self._dispatch(self.pipeline.advance(target))
+        decisions = self.pipeline.advance(target)
+        self._dirty = True
+        await self._dispatch(decisions)
 
-    def _dispatch(self, decisions: list[Decision]) -> None:
+    async def _dispatch(self, decisions: list[Decision]) -> None:
+        """Emit the pipeline's decisions in order; the act stage sees each incident and planned action."""
         for d in decisions:
-            if isinstance(d, Incident):
-                self.metrics.decisions.labels("incident", d.status.value).inc()
-                if d.status is IncidentStatus.RESOLVED:
-                    self._open.discard(d.id)
-                else:
-                    self._open.add(d.id)
-                top = d.root_causes[0].service if d.root_causes else None
-                log.info("incident", incident_id=d.id, status=d.status.value, root_cause=top,
-                         services=list(d.services), severity=d.severity)
-            elif isinstance(d, Alert):
-                self.metrics.decisions.labels("alert", d.status.value).inc()
-                for sink in self.sinks:
-                    sink.send(d)
-            elif isinstance(d, Action):
-                self.metrics.decisions.labels("action", d.outcome.value).inc()
-                self.metrics.actions.labels(d.type, d.outcome.value).inc()
-                log.info("action", incident_id=d.incident_id, type=d.type, target=dict(d.target),
-                         outcome=d.outcome.value, dry_run=d.dry_run, reason=d.reason)
-                if self.on_action is not None:
-                    # The act stage owns execution; it gets planned actions in order, off the hot path.
-                    self._actions.put_nowait(d)
-            if self.out is not None:
-                self.out.write(json.dumps(to_output(d), separators=(",", ":")) + "\n")
+            self._emit(d)
+            if self.act is None or self._act_next_tick is None:
+                continue
+            if isinstance(d, Incident) or (isinstance(d, Action) and d.outcome is ActionOutcome.PLANNED):
+                await self._act_tick(d.ts)  # approvals, expiries and verifications due before this decision
+                await self._emit_all(await self.act.on_decision(d), acted=True)
+        await self._act_tick(self.pipeline.reorder.watermark)
         if decisions and self.out is not None:
             self.out.flush()
         self.metrics.open_incidents.set(len(self._open))
 
-    async def _run_actions(self) -> None:
-        assert self.on_action is not None
-        while True:
-            await self.on_action(await self._actions.get())
+    async def _emit_all(self, decisions: list[Action | Alert], *, acted: bool) -> None:
+        for d in decisions:
+            self._emit(d, acted=acted)
+        if decisions and self.out is not None:
+            self.out.flush()
+
+    def _emit(self, d: Decision, *, acted: bool = False) -> None:
+        """One decision to the metrics, the log, the sinks and ``--out``.
+
+        ``acted``: it comes from the act stage (an action's outcome, an escalation), not the pipeline.
+        """
+        if isinstance(d, Incident):
+            self.metrics.decisions.labels("incident", d.status.value).inc()
+            if d.status is IncidentStatus.RESOLVED:
+                self._open.discard(d.id)
+            else:
+                self._open.add(d.id)
+            top = d.root_causes[0].service if d.root_causes else None
+            log.info("incident", incident_id=d.id, status=d.status.value, root_cause=top,
+                     services=list(d.services), severity=d.severity)
+        elif isinstance(d, Alert):
+            self.metrics.decisions.labels("alert", d.status.value).inc()
+            if not acted:
+                if d.status is AlertStatus.FIRING:
+                    self._firing[d.incident_id] = d
+                else:
+                    self._firing.pop(d.incident_id, None)
+            else:
+                log.warning("escalation", incident_id=d.incident_id, labels=dict(d.labels))
+            for sink in self.sinks:
+                sink.send(d)
+        elif isinstance(d, Action):
+            self.metrics.decisions.labels("action", d.outcome.value).inc()
+            if acted:
+                # Outcomes are counted where they happen; the pipeline's "planned" is only the decision.
+                self.metrics.actions.labels(d.type, d.outcome.value).inc()
+            log.info("action", incident_id=d.incident_id, type=d.type, target=dict(d.target),
+                     outcome=d.outcome.value, dry_run=d.dry_run, reason=d.reason, stage="act" if acted else "decide")
+        if self.out is not None:
+            self.out.write(json.dumps(to_output(d), separators=(",", ":")) + "\n")
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set, then shut down gracefully; return the process exit code."""
+        try:
+            self.act = await ActStage.open(self.settings, self.rules.action_rules, self.registry, self.rejects)
+        except Exception as exc:  # noqa: BLE001 - e.g. no kubeconfig with dry_run off: refuse to start, clearly
+            log.error("act_stage_failed", error=repr(exc))
+            return 1
+        for (method, path), handler in self.act.routes().items():
+            self.http.app.router.add_route(method, path, handler)
         await self.http.start()
         for sink in self.sinks:
             await sink.start()
         code = 0
         try:
+            await self._restore()
             if self.kafka is not None and not await self._start_kafka(stop):
                 return 0  # told to stop before the broker ever answered
             self._sources_connected = True
             self.metrics.ready.set(1)
             log.info("daemon_ready", kafka=self.kafka is not None, remote_write=self.remote_write is not None,
-                     poller=self.poller is not None, sinks=[s.name for s in self.sinks])
+                     poller=self.poller is not None, sinks=[s.name for s in self.sinks],
+                     restored=self.pipeline.reorder.watermark if math.isfinite(self.pipeline.reorder.watermark)
+                     else None)
             code = await self._supervise(stop)
         finally:
             self.metrics.ready.set(0)
@@ -296,8 +456,6 @@ class LiveDaemon:
                 if self.poller is not None:
                     readers.append(tg.create_task(self._guard("prometheus_poller", self._poll())))
                 helpers = [tg.create_task(self._guard(f"sink_{s.name}", s.run())) for s in self.sinks]
-                if self.on_action is not None:
-                    helpers.append(tg.create_task(self._guard("act", self._run_actions())))
                 await stop.wait()
                 log.info("shutdown_started", timeout_s=timeout)
                 started = time.monotonic()
@@ -338,16 +496,20 @@ class LiveDaemon:
         if self.poller is not None:
             self.poller.stop()
         await asyncio.gather(*readers, return_exceptions=True)
-        # 2. drain in-flight records through the pipeline, then end it as replay does.
+        # 2. drain in-flight records through the pipeline.
         await self.inbox.put(_STOP)
         await processor
-        self._dispatch(self.pipeline.finish())
-        # 3. commit offsets of everything processed (sinks flush in _close_everything).
-        if self.kafka is not None:
-            await self.kafka.commit()
+        # 3. checkpoint everything processed, then commit its offsets (sinks flush in _close_everything).
+        if self._dirty:
+            await self._checkpoint()
 
     async def _close_everything(self) -> None:
         timeout = self.settings.live.shutdown_timeout_s
+        if self.act is not None:
+            try:
+                await self.act.close()
+            except Exception as exc:  # noqa: BLE001 - closing must not hide the exit code
+                log.warning("act_close_failed", error=repr(exc))
         await asyncio.gather(*(s.close(timeout / 2) for s in self.sinks), return_exceptions=True)
         if self.kafka is not None:
             try:
