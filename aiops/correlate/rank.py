@@ -177,12 +177,13 @@ def rank_causes(
     # Services whose only anomaly is the rate of calls they receive: load flows from caller to
     # callee, so such a change says something about its callers, not about the service itself.
     load_only = {name for name, svc in by_service.items() if _only_load(svc)}
+    surged = _surge_senders(by_service, anomalous, topology, tolerance_s)
     for cand in _unobserved_candidates(anomalous, by_service, topology):
         by_service[cand.name] = cand
     down = {name: topology.downstream(name) for name in by_service}
 
     for svc in by_service.values():
-        _score_service(svc, by_service, anomalous, load_only, t0, changes, topology, down, change_lookback_s,
+        _score_service(svc, by_service, anomalous, load_only, surged, t0, changes, topology, down, change_lookback_s,
                        tolerance_s, max_strength, max_breadth)
 
     ordered = sorted(by_service.values(), key=lambda s: (-s.score, s.onset, s.name))[:max_causes]
@@ -208,6 +209,31 @@ def _only_load(svc: _Service) -> bool:
     """True when every signal of the service is a change in the rate of requests it serves."""
     return bool(svc.signals) and all(s.kind is SignalKind.METRIC and family(s)[2] == "request_rate"
                                      for s in svc.signals)
+
+
+def _surge_senders(by_service: dict[str, _Service], anomalous: set[str], topology: Topology,
+                   tol: float) -> dict[str, list[str]]:
+    """Callees whose request rate rose, mapped to the anomalous internal callers that sent the surge.
+
+    A caller sent it when it is anomalous no later than the callee, is itself called by others
+    (an entry service passes its users' traffic on, which a detector may miss at the entry),
+    and its own request rate did not rise: it calls more, not because it is called more (a
+    retry storm, a loop, N+1 queries).
+    """
+    def rate_up(svc: _Service) -> bool:
+        return any(s.kind is SignalKind.METRIC and s.direction == "up" and family(s)[2] == "request_rate"
+                   for s in svc.signals)
+
+    out: dict[str, list[str]] = {}
+    for name in sorted(anomalous):
+        svc = by_service[name]
+        if not rate_up(svc):
+            continue
+        senders = [p for p in topology.callers(name) if p in anomalous and topology.callers(p)
+                   and not rate_up(by_service[p]) and by_service[p].onset <= svc.onset + tol]
+        if senders:
+            out[name] = senders
+    return out
 
 
 def _fed(name: str, load_only: set[str], topology: Topology) -> set[str]:
@@ -246,7 +272,8 @@ def _unobserved_candidates(anomalous: set[str], by_service: dict[str, _Service],
 
 
 def _score_service(
-    svc: _Service, by_service: dict[str, _Service], anomalous: set[str], load_only: set[str], t0: float,
+    svc: _Service, by_service: dict[str, _Service], anomalous: set[str], load_only: set[str],
+    surged: dict[str, list[str]], t0: float,
     changes: Sequence[ChangeEvent], topology: Topology, down: dict[str, set[str]], lookback_s: float, tol: float,
     max_strength: float, max_breadth: int,
 ) -> None:
@@ -275,7 +302,7 @@ def _score_service(
         blame: dict[str, float] = {}
         for c in below:
             # a callee that only sees a different rate of calls is this service's doing, not its cause
-            if c not in load_only and by_service[c].onset <= svc.onset + tol:
+            if c not in load_only and name not in surged.get(c, ()) and by_service[c].onset <= svc.onset + tol:
                 hop = 1.0 if c in direct else 0.8
                 blame[c] = hop * min(1.0, by_service[c].strength / own) if own > 0 else hop
         worst = max(blame.values(), default=0.0)
@@ -297,7 +324,7 @@ def _score_service(
             # its trouble: a faint blip here does not explain a loud failure above (the mirror
             # of the blame weighting; an unobserved candidate is taken at face value)
             # and the callees whose only change is the traffic it sends them (load flows down)
-            fed = _fed(name, load_only, topology) - set(above)
+            fed = (_fed(name, load_only, topology) | {c for c, by in surged.items() if name in by}) - set(above)
             svc.parts["explains"] = sum(by_service[o].strength * _covers(own, by_service[o].strength, svc.observed)
                                         for o in [*above, *sorted(fed)]) / mass
         if above:
@@ -306,6 +333,11 @@ def _score_service(
             svc.evidence.append(f"callers {', '.join(above[:4])} anomalous {spread} s later")
     else:
         svc.parts["root_like"] = 0.5  # the graph cannot tell; neither credit nor blame
+    if surged.get(name) and name not in load_only:
+        svc.parts["root_like"] = 0.0
+        svc.parts.pop("explains", None)
+        svc.evidence.append(f"its request rate rose while its caller {', '.join(surged[name][:3])}, whose own "
+                            f"traffic did not rise, was in trouble: the extra load came from that caller")
     senders = [c for c in topology.callers(name) if c in anomalous] if name in load_only else []
     if senders:
         # its callers send its traffic and are in trouble themselves: a victim, and it explains

@@ -98,3 +98,31 @@ def test_quantiles_of_one_histogram_are_one_piece_of_evidence() -> None:
         sig("b", "http_requests_total:error_ratio", 0.0, 0.5),
     ]
     assert ranking(signals, topo)[0] == "b"
+
+
+def test_an_internal_caller_that_calls_more_without_being_called_more_sent_the_surge() -> None:
+    # api (called by web) starts hammering its store: the store's rate and latency jump, api errors
+    topo = Topology.from_mapping({"web": ["api"], "api": ["store"]})
+    signals = [
+        sig("web", "http_requests_total:error_ratio", 0.0, 0.3),
+        sig("api", "http_requests_total:error_ratio", 0.0, 0.6),
+        sig("store", "http_request_duration_seconds:p99", 0.0, 1.0),
+        sig("store", "http_requests_total:rate", 0.0, 1.0),
+    ]
+    causes, _ = rank_causes(signals, [], topo, tolerance_s=30.0)
+    assert causes[0].service == "api"
+    store = next(c for c in causes if c.service == "store")
+    assert any("extra load came from that caller" in e for e in store.evidence)
+
+
+def test_a_surge_passed_on_by_an_entry_service_stays_with_the_service_it_overloads() -> None:
+    # users' traffic enters through the frontend (whose own rise a detector may miss): the
+    # overloaded service is the cause, not the entry that passed the traffic on
+    topo = Topology.from_mapping({"frontend": ["search", "cart"]})
+    signals = [
+        sig("frontend", "http_request_duration_seconds:p99", 30.0, 0.5),
+        sig("search", "http_requests_total:rate", 0.0, 1.0),
+        sig("search", "process_cpu_seconds_total:rate", 0.0, 1.0),
+        sig("search", "http_request_duration_seconds:p99", 30.0, 0.8),
+    ]
+    assert ranking(signals, topo)[0] == "search"
