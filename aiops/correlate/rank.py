@@ -1,6 +1,6 @@
 """Root-cause ranking of the services in one incident, with the evidence behind each rank.
 
-Each anomalous service gets a score from five pieces of evidence an on-call engineer would
+Each anomalous service gets a score from the evidence an on-call engineer would
 weigh themselves, and a sentence for each piece that they can check on a dashboard:
 
 - **onset order**: the fault shows first where it starts (the earliest anomalous service);
@@ -9,10 +9,17 @@ weigh themselves, and a sentence for each piece that they can check on a dashboa
   service that every other anomalous service (transitively) calls explains them all
   (the "upstream explains downstream" heuristic of MicroRCA, Wu et al., NOMS 2020, and
   CauseInfer, Chen et al., INFOCOM 2014);
+- **load direction**: requests flow from caller to callee, so a callee whose only anomaly is
+  the rate of calls it receives, or whose request rate rose while an internal caller that is
+  not called more itself turned bad (a retry storm, a loop), is that caller's victim, and the
+  caller is credited with it;
 - **recent change**: a deploy or config change of the service shortly before its first
   anomaly (most production incidents follow a change);
 - **its own error logs**: new or bursting ERROR/WARN templates in the service's logs;
-- **strength**: how strongly and how broadly its series deviate.
+- **strength**: how strongly and how broadly (in independent measurements) its series deviate.
+
+Onset order counts from the first *loud* service (:data:`ONSET_SHARE` of the strongest), so a
+faint blip elsewhere a step earlier does not make every loud service "late".
 
 Services that are not anomalous but are called by several anomalous services that share
 nothing else downstream are added as *unobserved* candidates: a database or third-party API
@@ -320,10 +327,10 @@ def _score_service(
                  and by_service[o].onset >= svc.onset - tol]
         mass = sum(by_service[o].strength for o in others)
         if mass > 0:
-            # a caller is explained only as far as this service's own trouble can account for
-            # its trouble: a faint blip here does not explain a loud failure above (the mirror
-            # of the blame weighting; an unobserved candidate is taken at face value)
-            # and the callees whose only change is the traffic it sends them (load flows down)
+            # It explains its callers, each only as far as its own trouble can account for theirs
+            # (a faint blip here does not explain a loud failure above: the mirror of the blame
+            # weighting; an unobserved candidate is taken at face value), and the callees whose
+            # change is the traffic it sends them (load flows down).
             fed = (_fed(name, load_only, topology) | {c for c, by in surged.items() if name in by}) - set(above)
             svc.parts["explains"] = sum(by_service[o].strength * _covers(own, by_service[o].strength, svc.observed)
                                         for o in [*above, *sorted(fed)]) / mass
