@@ -7,9 +7,16 @@ Average) and the true root-cause node. The normal-operation file gives each seri
 This feeds the correlator's ranking stage (:func:`aiops.correlate.rank.rank_causes`) the way
 the daemon would: every series that deviates from its baseline in its bad direction becomes a
 metric signal with an onset (the first anomalous row) and a score, the call graph comes from
-``graph.csv``; no change events, no logs. Nothing is trained: train and test issues are
-pooled. A peer ranking measured in the same run (nodes by their strongest deviation alone) shows
-what the topology and onset reasoning add.
+``graph.csv`` (rows call columns: caller -> callee, the convention of
+:mod:`aiops.correlate.topology`); no change events, no logs. The symptom the issue names
+(``target.json``: a node and metric, always where users are hit) is what would have opened the
+incident, so it is always one of the signals, and the incident holds the anomalous nodes
+connected to it. Nothing is trained: train and test issues are pooled.
+
+Accuracy is printed per symptom metric (latency, availability) and pooled, beside a peer ranking
+measured in the same run (nodes by their strongest deviation alone: what the topology and onset
+reasoning add) and the dataset authors' own "baseline anomaly traversal" figures
+(:data:`AUTHORS_BASELINE`, quoted from their notebook, not re-run here).
 
     python bench/petshop.py --data /work/shared/data/petshop/dataset/low_traffic
 """
