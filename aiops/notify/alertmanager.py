@@ -4,7 +4,12 @@ It behaves like Prometheus does towards Alertmanager: every firing alert is re-p
 ``resend_s`` with ``endsAt`` a few resend intervals ahead (so alerts of a daemon that died
 resolve on their own), a resolved alert is posted once with ``endsAt`` set to when the
 incident resolved, and every configured URL gets every post (Alertmanager HA peers dedupe).
-A URL that failed gets the resolved alert again on the next round until it accepts it.
+A URL that failed is retried with exponential backoff (``retry_min_s`` doubling up to
+``resend_s``) until it accepts the latest state of every alert: a firing alert or a resolution
+decided while Alertmanager is down is delivered once it is back, with the same labels and
+``startsAt`` as it would have had, so Alertmanager sees one alert per incident, never a second
+one. Only the newest state of an incident is kept: an incident that fires and resolves within
+an outage reaches Alertmanager as resolved (Prometheus behaves the same way).
 
 Labels come from the Alert record (the rules), plus ``alertname`` (unless the rules set it) and
 ``incident_id`` so two incidents never merge into one Alertmanager alert; annotations are the
@@ -39,6 +44,7 @@ class _Tracked:
     starts: float
     resolved_at: float | None = None
     unacked: set[str] = field(default_factory=set)  # URLs that have not accepted the latest state
+    version: int = 0  # bumped on every new state: a post acknowledges only the state it carried
 
 
 def to_am_alert(alert: Alert, starts: float, now: float, settings: AlertmanagerSettings,
@@ -77,9 +83,10 @@ class AlertmanagerSink:
 
     def __init__(
         self, settings: AlertmanagerSettings, metrics: SelfMetrics | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, retry_min_s: float = 1.0,
     ) -> None:
         self.settings = settings
+        self.retry_min_s = retry_min_s
         self.metrics = metrics
         self.clock = clock
         self.urls = [u.rstrip("/") + "/api/v2/alerts" for u in settings.urls]
@@ -87,6 +94,7 @@ class AlertmanagerSink:
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._retry_delay = retry_min_s
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
@@ -99,6 +107,7 @@ class AlertmanagerSink:
         tracked.alert = alert
         tracked.resolved_at = alert.ts if alert.status is AlertStatus.RESOLVED else None
         tracked.unacked = set(self.urls)
+        tracked.version += 1
         self._wake.set()
 
     @property
@@ -106,12 +115,20 @@ class AlertmanagerSink:
         """Incident ids currently firing."""
         return [k for k, t in self._tracked.items() if t.resolved_at is None]
 
+    @property
+    def pending(self) -> int:
+        """Alert states some URL has not accepted yet (waiting for a retry)."""
+        return sum(1 for t in self._tracked.values() if t.unacked)
+
     async def run(self) -> None:
-        """Post changes as they come and everything firing every ``resend_s``, until closed."""
+        """Post changes as they come, retry what failed with backoff, resend all firing every ``resend_s``."""
         loop = asyncio.get_running_loop()
         next_resend = loop.time() + self.settings.resend_s
         while not self._closed:
-            timeout = max(0.0, next_resend - loop.time())
+            wake_at = next_resend
+            if self.pending:
+                wake_at = min(wake_at, loop.time() + self._retry_delay)
+            timeout = max(0.0, wake_at - loop.time())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -121,27 +138,32 @@ class AlertmanagerSink:
             if resend:
                 next_resend = loop.time() + self.settings.resend_s
             await self.flush(resend_all=resend)
+            if self.pending:
+                # Down or refusing: back off so a long outage costs a post per resend_s at most.
+                self._retry_delay = min(self._retry_delay * 2, max(self.retry_min_s, self.settings.resend_s))
+            else:
+                self._retry_delay = self.retry_min_s
 
     async def flush(self, resend_all: bool = False) -> None:
         """Post every alert some URL has not accepted yet (all firing ones too if ``resend_all``)."""
         if not self.urls or self._session is None:
             return
         now = self.clock()
-        per_url: dict[str, list[tuple[str, dict[str, Any]]]] = {u: [] for u in self.urls}
+        per_url: dict[str, list[tuple[str, int, dict[str, Any]]]] = {u: [] for u in self.urls}
         for incident_id, t in self._tracked.items():
             payload = to_am_alert(t.alert, t.starts, now, self.settings, t.resolved_at)
             for url in self.urls:
                 if url in t.unacked or (resend_all and t.resolved_at is None):
-                    per_url[url].append((incident_id, payload))
+                    per_url[url].append((incident_id, t.version, payload))
         await asyncio.gather(*(self._post(url, items) for url, items in per_url.items() if items))
         # Resolved and accepted everywhere: nothing left to say about it.
         for incident_id in [k for k, t in self._tracked.items() if t.resolved_at is not None and not t.unacked]:
             del self._tracked[incident_id]
 
-    async def _post(self, url: str, items: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _post(self, url: str, items: list[tuple[str, int, dict[str, Any]]]) -> None:
         assert self._session is not None
         try:
-            async with self._session.post(url, json=[p for _, p in items]) as resp:
+            async with self._session.post(url, json=[p for _, _, p in items]) as resp:
                 ok = resp.status == 200
                 body = "" if ok else (await resp.text())[:300]
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -151,9 +173,10 @@ class AlertmanagerSink:
         if not ok:
             log.warning("alertmanager_post_failed", url=url, alerts=len(items), error=body)
             return
-        for incident_id, _ in items:
+        for incident_id, version, _ in items:
             tracked = self._tracked.get(incident_id)
-            if tracked is not None:
+            # A newer state sent while this post was in flight still has to go out.
+            if tracked is not None and tracked.version == version:
                 tracked.unacked.discard(url)
         log.debug("alertmanager_posted", url=url, alerts=len(items))
 
