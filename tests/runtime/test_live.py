@@ -120,3 +120,33 @@ async def test_a_dying_task_takes_the_daemon_down_with_exit_code_1(tmp_path: Pat
     assert code == 1
     assert daemon.registry.get_sample_value("aiops_task_failures_total", {"task": "sink_broken"}) == 1
     assert getattr(sink, "closed", False), "sinks are still closed on the way down"
+
+
+async def test_the_act_stage_serves_its_approval_routes_on_the_daemon_port(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    port = _free_port()
+    settings = load_settings(env={"AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_HTTP__PORT": str(port),
+                                  "AIOPS_STATE_DIR": str(tmp_path), "AIOPS_ACT__APPROVE_TOKEN_FILE": str(token)})
+    daemon = LiveDaemon(settings, load_rules(settings.rules_dir), Topology(), kafka=False, step_s=STEP)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        async with http.get(f"{base}/actions") as r:
+            assert r.status == 401
+        async with http.get(f"{base}/actions", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200 and await r.json() == []
+        async with http.post(f"{base}/actions/act-unknown/approve", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 409
+    stop.set()
+    assert await asyncio.wait_for(runner, 30) == 0
+    assert (tmp_path / "actions.jsonl").exists(), "the ledger lives in the state directory"
