@@ -266,8 +266,10 @@ class LiveDaemon:
             for alert in restored.firing:
                 # Sinks keep no state across restarts: say again what is firing, with its original start.
                 self._firing[alert.incident_id] = alert
+                self._open.add(alert.incident_id)
                 for sink in self.sinks:
                     sink.send(alert)
+            self.metrics.open_incidents.set(len(self._open))
         self._state_loaded = True
 
     async def _checkpoint(self) -> None:

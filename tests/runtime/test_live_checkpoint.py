@@ -156,6 +156,7 @@ async def test_a_restarted_daemon_continues_where_the_checkpoint_left_off(tmp_pa
         await two.start(http)
         # Sinks remember nothing across a restart: the firing alert is said again, as it was.
         assert [to_output(a) for a in two.sink.sent] == opened
+        assert two.daemon.registry.get_sample_value("aiops_open_incidents") == 1
         await two.push(http, rest)
         out2 = await two.finish()
 
