@@ -25,12 +25,16 @@ Data flow::
   between batches, the pipeline is checkpointed with the offsets after its last record, and only
   then are those offsets committed: a crash replays at most the records after the last
   checkpoint, and the replayed decisions carry the same incident ids (sinks deduplicate).
+  (``kafka.commit_interval_s`` no longer paces the daemon's commits; checkpoints do.) Remote
+  write and the PromQL poller have no offsets: what they delivered after the last checkpoint is
+  lost in a crash (Prometheus was already answered).
 * **Idle sources** — with no input for ``live.idle_advance_s``, event time is moved forward as
   far as the wall clock moved since the newest record arrived (``Pipeline.advance``), so
   incidents still resolve when telemetry stops; historic data replayed through Kafka is not
   disturbed because only wall time *since the last record* is added.
 * **Supervision** — one ``asyncio.TaskGroup`` owns every task; a task that dies is logged,
-  counted and takes the daemon down with exit code 1 (after committing what was processed).
+  counted and takes the daemon down with exit code 1 (committing only what the last checkpoint
+  covers, so the next run reads the rest again).
 * **SIGTERM / SIGINT** — stop reading, drain the inbox through the pipeline, checkpoint, commit
   offsets, flush sinks, exit 0, all within ``live.shutdown_timeout_s``. The pipeline is not
   finished as replay finishes it: the records still inside the lateness bound stay in the
