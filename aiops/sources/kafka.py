@@ -16,6 +16,13 @@ partition and offset in headers) and never stop the consumer.
 on its own and ``getmany`` simply returns nothing meanwhile, so an empty fetch is followed (at
 most every ``probe_interval_s``) by a metadata request; a failed one marks the source
 disconnected until a fetch delivers data or a later probe succeeds. ``/readyz`` reports it.
+
+A group rebalance (a member joining or leaving, a broker restart that forgot the group) makes
+aiokafka restart every partition it hands back from the group's committed offset, which lags
+what was read by up to a checkpoint interval: those records would reach the pipeline twice.
+The source remembers how far it read each partition and, when one it read comes back, seeks to
+there, unless the group has committed further (another member processed on meanwhile) or the
+partition is now shorter than that (a broker that lost its data: the records are new ones).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from aiops.config import KafkaSettings
@@ -133,6 +140,7 @@ class KafkaSource:
         self._stopping = False
         self._held: dict[TopicPartition, deque[_Held]] = {}
         self._head: dict[TopicPartition, float] = {}  # newest event time seen per partition
+        self._read: dict[TopicPartition, int] = {}  # next offset after what was fetched (held or handed out)
         self.align_slack_s = align_slack_s
         self.confirm_s = confirm_s
         self.probe_interval_s = probe_interval_s
@@ -155,9 +163,10 @@ class KafkaSource:
         # A message up to max_message_bytes must fit one fetch, or the consumer stalls on it.
         fetch = max(s.max_message_bytes * 2, 1024 * 1024)
         self.consumer = AIOKafkaConsumer(
-            *self.topics, group_id=s.group_id, enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
+            group_id=s.group_id, enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
             max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4, **common,
         )
+        self.consumer.subscribe(self.topics, listener=_KeepPosition(self))
         if s.dead_letter_topic:
             self.producer = AIOKafkaProducer(
                 max_request_size=fetch * 2, acks="all", linger_ms=5, **common)
@@ -254,7 +263,7 @@ class KafkaSource:
         assert self.consumer is not None
         assigned = self.consumer.assignment()
         for tp in [tp for tp in self._held if tp not in assigned]:
-            del self._held[tp]  # revoked in a rebalance: its new owner reads it again
+            self._forget_held(tp)  # revoked in a rebalance: its new owner reads it again
         if not any(self._held.values()):
             self._resume_all()
             return None
@@ -282,6 +291,39 @@ class KafkaSource:
         # Topics interleave by partition; a stable sort by event time spares the reorder buffer.
         records.sort(key=_ts)
         return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received)
+
+    def _forget_held(self, tp: TopicPartition) -> None:
+        """Drop what is held of a partition; if it comes back, reading resumes at the first dropped."""
+        held = self._held.pop(tp, None)
+        if held:
+            self._read[tp] = held[0].offset
+
+    async def _resume_position(self, assigned: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for tp in assigned:
+            ours = self._read.get(tp)
+            if ours is None:
+                continue  # never read here: the group's committed offset (or the reset policy) decides
+            try:
+                meta = await asyncio.wait_for(self.consumer.committed(tp), 10.0)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("kafka_committed_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
+                meta = None
+            if meta is not None and meta >= ours:
+                continue
+            try:
+                end = (await asyncio.wait_for(self.consumer.end_offsets([tp]), 10.0))[tp]
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("kafka_end_offset_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
+                continue
+            if end < ours:
+                # The log is shorter than what was read from it: the broker lost it (or the topic was
+                # made anew). Its records are new ones; the group's offset or reset policy decides.
+                log.warning("kafka_partition_truncated", topic=tp.topic, partition=tp.partition, read=ours, end=end)
+                del self._read[tp]
+                continue
+            self.consumer.seek(tp, ours)
+            log.info("kafka_resume_position", topic=tp.topic, partition=tp.partition, offset=ours, committed=meta)
 
     def _flow_control(self) -> None:
         """Pause partitions holding more than ``max_batch`` messages so fetches go to the laggards."""
@@ -336,6 +378,7 @@ class KafkaSource:
                     if max_ts > head:
                         head = max_ts
                 held.append(_Held(msg.offset, min_ts, max_ts, list(got), fetched_at))
+                self._read[tp] = msg.offset + 1
                 if errors:
                     where = f"{tp.topic}/{tp.partition}@{msg.offset}"
                     for err in errors:
@@ -426,6 +469,20 @@ class KafkaSource:
             await self.producer.stop()
         committed = {f"{tp.topic}/{tp.partition}": o for tp, o in self._committed.items()}
         log.info("kafka_source_stopped", committed=committed)
+
+
+class _KeepPosition(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rebalance callbacks of a :class:`KafkaSource` (see the module docstring)."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self.source._forget_held(tp)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.source._resume_position(assigned)
 
 
 def _ts(record: Record) -> float:
