@@ -10,9 +10,9 @@ weigh themselves, and a sentence for each piece that they can check on a dashboa
   (the "upstream explains downstream" heuristic of MicroRCA, Wu et al., NOMS 2020, and
   CauseInfer, Chen et al., INFOCOM 2014);
 - **load direction**: requests flow from caller to callee, so a callee whose only anomaly is
-  the rate of calls it receives, or whose request rate rose while an internal caller that is
-  not called more itself turned bad (a retry storm, a loop), is that caller's victim, and the
-  caller is credited with it;
+  the traffic it receives (its request rate, and the CPU and memory serving a higher one), or
+  whose request rate rose while an internal caller that is not called more itself turned bad
+  (a retry storm, a loop), is that caller's victim, and the caller is credited with it;
 - **recent change**: a deploy or config change of the service shortly before its first
   anomaly (most production incidents follow a change);
 - **its own error logs**: new or bursting ERROR/WARN templates in the service's logs;
@@ -45,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 
 from aiops.correlate.symptoms import family
 from aiops.correlate.topology import Topology
@@ -181,8 +182,8 @@ def rank_causes(
     max_strength = max(max(sig.score for sig in s.signals) for s in by_service.values()) or 1.0
     max_breadth = max(_breadth(s.signals) for s in by_service.values())
 
-    # Services whose only anomaly is the rate of calls they receive: load flows from caller to
-    # callee, so such a change says something about its callers, not about the service itself.
+    # Services whose only anomaly is the traffic they receive (and the resources serving it):
+    # load flows from caller to callee, so such a change says something about their callers.
     load_only = {name for name, svc in by_service.items() if _only_load(svc)}
     surged = _surge_senders(by_service, anomalous, topology, tolerance_s)
     for cand in _unobserved_candidates(anomalous, by_service, topology):
@@ -212,10 +213,37 @@ def rank_causes(
     return causes, lines
 
 
+RESOURCE_GLOBS = ("*memory*", "*cpu*")
+"""Resource use: it rises with the load a service serves, and callers feel it only once it turns
+into errors, latency or restarts (which are signals of their own)."""
+
+
 def _only_load(svc: _Service) -> bool:
-    """True when every signal of the service is a change in the rate of requests it serves."""
-    return bool(svc.signals) and all(s.kind is SignalKind.METRIC and family(s)[2] == "request_rate"
-                                     for s in svc.signals)
+    """True when the service shows a change in the traffic it serves and nothing callers can feel.
+
+    Either every signal is a change in its request rate, or its request rate rose and the rest
+    is resource use (CPU, memory) that follows the extra load: a busier service, not a broken
+    one, as long as no error, latency, restart or log of its own says otherwise.
+
+    >>> m = lambda name, d="up": Signal(id=name, ts=0.0, kind=SignalKind.METRIC, service="db", name=name,
+    ...                                 score=1.0, direction=d)
+    >>> _only_load(_Service("db", [m("http_requests_total:rate", "down")]))
+    True
+    >>> _only_load(_Service("db", [m("http_requests_total:rate"), m("process_cpu_seconds_total:rate")]))
+    True
+    >>> _only_load(_Service("db", [m("http_requests_total:rate"), m("http_request_duration_seconds:p99")]))
+    False
+    >>> _only_load(_Service("db", [m("process_cpu_seconds_total:rate")]))
+    False
+    """
+    rates = [s for s in svc.signals if s.kind is SignalKind.METRIC and family(s)[2] == "request_rate"]
+    if not rates:
+        return False
+    rest = [s for s in svc.signals if s not in rates]
+    if not rest:
+        return True
+    return any(s.direction == "up" for s in rates) and all(
+        s.kind is SignalKind.METRIC and any(fnmatchcase(s.name, g) for g in RESOURCE_GLOBS) for s in rest)
 
 
 def _surge_senders(by_service: dict[str, _Service], anomalous: set[str], topology: Topology,
@@ -348,11 +376,11 @@ def _score_service(
     senders = [c for c in topology.callers(name) if c in anomalous] if name in load_only else []
     if senders:
         # its callers send its traffic and are in trouble themselves: a victim, and it explains
-        # nothing about them (a changed rate of calls cannot cause its callers' errors or latency)
+        # nothing about them (being busier or idler cannot cause its callers' errors or latency)
         svc.parts["root_like"] = 0.0
         svc.parts.pop("explains", None)
-        svc.evidence.append(f"only the rate of calls it receives changed, and its caller {', '.join(senders[:3])} "
-                            f"is anomalous: traffic flows from callers")
+        svc.evidence.append(f"only the traffic it receives changed (and the resources serving it), and its caller "
+                            f"{', '.join(senders[:3])} is anomalous: traffic flows from callers")
 
     # a recent change of its own
     ch = _change_for(name, svc.onset, changes, lookback_s, tol)

@@ -126,3 +126,20 @@ def test_a_surge_passed_on_by_an_entry_service_stays_with_the_service_it_overloa
         sig("search", "http_request_duration_seconds:p99", 30.0, 0.8),
     ]
     assert ranking(signals, topo)[0] == "search"
+
+
+def test_a_callee_only_busier_with_the_traffic_passed_on_does_not_explain_its_caller() -> None:
+    # a surge passes through search to ranker: ranker's rate, CPU and memory climb, but only
+    # search shows harm (latency, errors): the overloaded service is search
+    topo = Topology.from_mapping({"frontend": ["search"], "search": ["ranker"]})
+    signals = [
+        sig("frontend", "http_request_duration_seconds:p99", 30.0, 0.9),
+        sig("search", "http_requests_total:rate", 0.0, 0.97),
+        sig("search", "process_cpu_seconds_total:rate", 0.0, 0.97),
+        sig("search", "http_request_duration_seconds:p99", 15.0, 0.99),
+        sig("search", "http_requests_total:error_ratio", 30.0, 0.99),
+        sig("ranker", "http_requests_total:rate", 0.0, 0.97),
+        sig("ranker", "process_cpu_seconds_total:rate", 0.0, 0.98),
+        sig("ranker", "container_memory_working_set_bytes", 0.0, 0.97),
+    ]
+    assert ranking(signals, topo)[0] == "search"
