@@ -19,6 +19,17 @@ detection at its onset and is then the new normal. This is the contextual-novelt
 CAD OSE (Smirnov, NAB 2016) and the "new extreme" effect analysed by Wu & Keogh, "Current
 Time Series Anomaly Detection Benchmarks are Flawed" (2021), taken across time scales.
 
+**Likelihood of the deviation (also in the score).** Novelty cannot see an anomaly that stays
+inside the range a series has already visited (a calm series that jumps to a level it once
+spiked to). The HTM "anomaly likelihood" (Ahmad, Lavin, Purdy & Agha, "Unsupervised real-time
+anomaly detection for streaming data", Neurocomputing 2017) judges a raw anomaly measure against
+the series' own habit: here the raw measure is ``log(1 + |z|)``, its short EWMA (a few samples) is
+compared with its long-run EW mean and standard deviation, and the Gaussian tail of that gap,
+``-log10 p``, maps to ``[0, 1)`` by ``lk / (lk + lk_half)``. A spiky series deviates all the time
+and so does not score; a calm one that leaves its baseline and stays away does. It needs
+``lk_warmup`` deviations first (a count-based warm-up: the detector never knows a series' length).
+On NAB (41 files) it adds 3 windows for 14 false positives: standard 71.95 -> 75.32.
+
 **Deviation (z and strength).** A robust baseline: an EWMA level and EW mean absolute
 deviation updated with residuals clipped at ``clip`` scales (Huber-style: one outlier cannot
 drag the baseline or inflate the scale), floored relative to the level and absolutely so a
@@ -51,7 +62,8 @@ _LN10 = math.log(10.0)
 _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # mean absolute deviation -> sigma for Gaussian noise
 
 RANGE_FEATURES = ("value", "season", "shift", "season_shift", "volatility")
-FEATURES = RANGE_FEATURES + ("transition",)
+FEATURES = RANGE_FEATURES + ("transition", "deviation")
+_DEVIATION = FEATURES.index("deviation")
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,14 @@ class ScorerParams:
     w_volatility: float = 0.0  # off by default: likewise
     w_transition: float = 0.005  # per unit of -log10 P(level transition), see trans_bins
     trans_bins: int = 6  # levels the value's range is cut into for transition novelty (0 = off)
+    # anomaly likelihood of the deviation (Ahmad et al. 2017): a short mean of log(1+|z|) against
+    # the long-run mean and spread of log(1+|z|) in this series; its tail, -log10 p, maps to
+    # [0, 1) by lk / (lk + lk_half) (0 = off)
+    lk_half: float = 4.0
+    lk_alpha_short: float = 0.3  # the short mean (a few samples)
+    lk_alpha_long: float = 0.002  # the long-run statistics (~500 samples)
+    lk_warmup: int = 300  # deviations a series needs before its likelihood may score
+    lk_cap: float = 50.0  # |z| is capped here: a floored scale gives astronomic z on flat series
     range_decay: float = 5e-6  # per sample: how fast an old extreme fades (~200k samples, a month at 15 s)
     quiet_steps: int = 20  # after a score >= 0.5, this many samples only score if they beat it
     alpha_fast: float = 0.3  # fast EWMA (a few samples)
@@ -98,7 +118,7 @@ _STATE = (
     ("n", "quiet", "peak", "prev", "fast", "slow", "vol", "level", "dev", "run", "cfast")
     + ("s_dev", "s_shift", "s_dt", "s_t", "s_n", "s_first")
     + tuple(f"{b}_{f}" for f in RANGE_FEATURES for b in ("hi", "lo"))
-    + ("t_prev",)
+    + ("t_prev", "lk_mean", "lk_var", "lk_short", "lk_n")
 )
 _CONF = ("up_ok", "down_ok", "sens", "rel_floor", "abs_floor")
 _CONF_DEFAULTS = {"up_ok": 1.0, "down_ok": 1.0, "sens": 1.0, "rel_floor": 0.01, "abs_floor": 1e-9}
@@ -292,8 +312,8 @@ class BatchScorer:
         # -- novelty of each feature against its own range ------------------------------
         feats = (x, s_res, shift, s_shift, vol)
         ready = (np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool))
-        nov_up = np.zeros((len(FEATURES), len(i)))
-        nov_down = np.zeros((len(FEATURES), len(i)))
+        nov_up = np.zeros((len(self._w), len(i)))
+        nov_down = np.zeros((len(self._w), len(i)))
         keep = 1.0 - p.range_decay
         # transition novelty (a light form of CAD OSE's context novelty): the value's range is
         # cut into trans_bins levels; a move between levels the series has rarely made scores
@@ -348,6 +368,30 @@ class BatchScorer:
         novelty = np.where(warm, novelty, 0.0)
         feature = np.where(novelty > 0, np.where(is_up, nov_up.argmax(axis=0), nov_down.argmax(axis=0)), -1)
         score = novelty / (novelty + p.half)
+        z = np.where(warm, z, 0.0) * a["sens"][i]
+        if p.lk_half > 0:
+            # a series whose deviation is routinely large (spiky, heavy-tailed) is judged
+            # against that habit; a calm one that starts deviating persistently inside its old
+            # range (which novelty cannot see) stands out
+            r = np.log1p(np.minimum(np.abs(z), p.lk_cap))
+            ok = warm & (z != 0.0)
+            lk_n, lk_mean, lk_var = a["lk_n"][i], a["lk_mean"][i], a["lk_var"][i]
+            short = np.where(ok, a["lk_short"][i] + p.lk_alpha_short * (r - a["lk_short"][i]), a["lk_short"][i])
+            zz = (short - lk_mean) / np.sqrt(np.maximum(lk_var, 1e-6))
+            # the tail is only worth computing where it can matter (zz 2 is lk 1.6): log_ndtr is
+            # the costliest call here
+            hot = np.flatnonzero(ok & (lk_n >= p.lk_warmup) & (zz > 2.0) & np.where(z > 0, up_ok > 0, down_ok > 0))
+            lk = np.zeros(len(i))
+            lk[hot] = -log_ndtr(-zz[hot]) / _LN10
+            lk_score = lk / (lk + p.lk_half)
+            rate = np.maximum(p.lk_alpha_long, 1.0 / (lk_n + 1.0))
+            d = r - lk_mean
+            a["lk_mean"][i] = np.where(ok, lk_mean + rate * d, lk_mean)
+            a["lk_var"][i] = np.where(ok, (1.0 - rate) * (lk_var + rate * d * d), lk_var)
+            a["lk_short"][i] = short
+            a["lk_n"][i] = lk_n + ok
+            feature = np.where(lk_score > score, _DEVIATION, feature)
+            score = np.maximum(score, lk_score)
         # one detection per event: NAB rewards the first detection in a window and charges every
         # repeat, and an on-call engineer wants one page, so right after a detection only a
         # stronger sample may score
@@ -358,7 +402,6 @@ class BatchScorer:
         a["quiet"][i] = np.where(fire, float(p.quiet_steps), np.maximum(quiet - 1.0, 0.0))
         a["peak"][i] = np.where(fire, score, a["peak"][i])
 
-        z = np.where(warm, z, 0.0) * a["sens"][i]
         strength = np.maximum(0.0, -log_ndtr(-np.abs(z)) / _LN10)
         outs = (score, novelty, feature, z, strength, base)
         if pos is None:

@@ -251,6 +251,7 @@ _FEATURE_WORDS = {
     "season_shift": "sustained departure from the daily pattern",
     "volatility": "volatility change",
     "transition": "a jump between levels it rarely makes",
+    "deviation": "a sustained deviation unusual for it",
 }
 
 

@@ -100,3 +100,23 @@ def test_direction_mask_and_sensitivity() -> None:
 
 def test_state_stays_small() -> None:
     assert BatchScorer().bytes_per_series <= 2048
+
+
+def test_likelihood_sees_a_sustained_deviation_inside_the_old_range() -> None:
+    # an early excursion to 30 makes a later move to 14 old news to novelty; the deviation
+    # likelihood still sees a calm series leave its baseline and stay away
+    rng = np.random.default_rng(6)
+    vals = 10 + 0.2 * rng.standard_normal(1000)
+    vals[100:110] = 30.0
+    vals[900:] += 4.0
+    s = BatchScorer()
+    idx = s.add_series(1)
+    out = [s.update(idx, vals[k : k + 1], k * 60.0) for k in range(len(vals))]
+    scores = np.array([o.score[0] for o in out])
+    assert np.all(scores[400:900] < 0.5)
+    dev = [k for k in range(900, 910) if scores[k] >= 0.5 and FEATURES[out[k].feature[0]] == "deviation"]
+    assert dev and dev[0] < 906
+    off = BatchScorer(ScorerParams(lk_half=0.0))
+    idx = off.add_series(1)
+    feats = [off.update(idx, vals[k : k + 1], k * 60.0).feature[0] for k in range(len(vals))]
+    assert FEATURES.index("deviation") not in feats
