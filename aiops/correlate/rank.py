@@ -236,10 +236,12 @@ def _only_load(svc: _Service) -> bool:
     >>> _only_load(_Service("db", [m("process_cpu_seconds_total:rate")]))
     False
     """
-    rates = [s for s in svc.signals if s.kind is SignalKind.METRIC and family(s)[2] == "request_rate"]
+    rates: list[Signal] = []
+    rest: list[Signal] = []
+    for s in svc.signals:
+        (rates if s.kind is SignalKind.METRIC and family(s)[2] == "request_rate" else rest).append(s)
     if not rates:
         return False
-    rest = [s for s in svc.signals if s not in rates]
     if not rest:
         return True
     return any(s.direction == "up" for s in rates) and all(
