@@ -41,6 +41,20 @@ class LogSettings(BaseModel):
     max_line_bytes: int = Field(64 * 1024, ge=256, description="longer lines are truncated before mining")
 
 
+class LimitSettings(BaseModel):
+    """Cardinality limits where raw series enter (issue 8, hostile input): a label explosion is
+    refused and reported (counted as a rejected record with a reason, a warning once per service
+    per ``warn_interval_s``), never allowed to eat memory; series already tracked keep working."""
+
+    max_labels: int = Field(64, ge=1, description="labels per sample; a sample with more is rejected")
+    max_label_len: int = Field(1024, ge=16, description="characters per label name or value")
+    max_series_per_service: int = Field(10_000, ge=1, description="raw series the deriver tracks per service; "
+                                        "new ones beyond it are refused until old ones go idle")
+    max_series: int = Field(1_000_000, ge=1, description="raw series the deriver tracks in all, over all services "
+                            "(a flood of unique service names is refused here)")
+    warn_interval_s: float = Field(300.0, gt=0, description="event time between two warnings about one service")
+
+
 class CorrelateSettings(BaseModel):
     window_s: float = Field(600.0, gt=0, description="signals this close in time may join one incident")
     resolve_after_s: float = Field(600.0, gt=0, description="calm time before an incident resolves")
@@ -193,6 +207,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     prometheus: PrometheusPollSettings = Field(default_factory=PrometheusPollSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
 
 class ConfigError(Exception):

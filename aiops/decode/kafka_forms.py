@@ -150,8 +150,8 @@ def _json(line: str) -> Any:
         raise DecodeError("bad_json", str(exc)[:120]) from None
 
 
-def decode_adapter_metric(obj: Any) -> MetricSample:
-    """One sample in prometheus-kafka-adapter's JSON form."""
+def decode_adapter_metric(obj: Any, max_labels: int = 64, max_label_len: int = 1024) -> MetricSample:
+    """One sample in prometheus-kafka-adapter's JSON form (label limits as :func:`decode_metric`'s)."""
     if not isinstance(obj, dict):
         raise DecodeError("not_an_object", type(obj).__name__)
     labels = obj.get("labels") or {}
@@ -160,12 +160,16 @@ def decode_adapter_metric(obj: Any) -> MetricSample:
     name = obj.get("name") or labels.get("__name__")
     if not isinstance(name, str) or not name:
         raise DecodeError("bad_name", repr(name)[:60])
+    if len(labels) - ("__name__" in labels) > max_labels:
+        raise DecodeError("too_many_labels", str(len(labels)))
     clean: dict[str, str] = {}
     for k, v in labels.items():
         if k == "__name__":
             continue
         if not isinstance(v, str):
             raise DecodeError("bad_labels", f"{k}={v!r}"[:60])
+        if len(k) > max_label_len or len(v) > max_label_len:
+            raise DecodeError("label_too_long", k[:60])
         clean[k] = v
     if "timestamp" not in obj:
         raise DecodeError("bad_ts", "missing")
@@ -216,6 +220,8 @@ class KafkaDecoder:
 
     ``kafka_ts`` (unix seconds of the Kafka message timestamp) stands in for a missing
     timestamp in logs and events, never in metrics (a metric without its time is useless).
+    ``max_labels`` / ``max_label_len`` (``limits.*`` in the settings) refuse a sample with more
+    labels, or a longer label name or value, as ``too_many_labels`` / ``label_too_long``.
     """
 
     metrics_format: MetricsFormat = "auto"
@@ -223,6 +229,8 @@ class KafkaDecoder:
     log_fields: LogFields = field(default_factory=LogFields)
     service_header: str = "service"
     max_line_bytes: int = 64 * 1024
+    max_labels: int = 64
+    max_label_len: int = 1024
     _labels: dict[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]] = field(
         default_factory=dict, repr=False, compare=False)
     _raw_labels: dict[Any, tuple[tuple[str, str], ...]] = field(default_factory=dict, repr=False, compare=False)
@@ -254,9 +262,9 @@ class KafkaDecoder:
             try:
                 obj = objs[i] if objs is not None else _json(line)
                 if fmt == "jsonline" or (fmt == "auto" and isinstance(obj, dict) and "ts" in obj):
-                    out.append(fast(obj) or decode_metric(obj))
+                    out.append(fast(obj) or decode_metric(obj, self.max_labels, self.max_label_len))
                 else:
-                    out.append(decode_adapter_metric(obj))
+                    out.append(decode_adapter_metric(obj, self.max_labels, self.max_label_len))
             except DecodeError as exc:
                 errors.append(exc)
         return out, errors
@@ -298,8 +306,9 @@ class KafkaDecoder:
         except (msgspec.MsgspecError, ValueError, RecursionError, OverflowError):
             return None
         labels = labels or {}
-        if len(labels) > 64 or any(len(k) > 1024 or len(v) > 1024 for k, v in labels.items()):
-            return None
+        limit = self.max_label_len
+        if len(labels) > self.max_labels or any(len(k) > limit or len(v) > limit for k, v in labels.items()):
+            return None  # the general path rejects it with a reason
         if len(self._raw_labels) >= 200_000:  # bounded: a label explosion must not eat memory
             self._raw_labels.clear()
         canon = self._raw_labels[raw] = make_labels(labels)
@@ -337,7 +346,9 @@ class KafkaDecoder:
         except TypeError:  # a list or object as a label value: the validator says which
             return None
         if canon is None:
-            if len(key) > 64 or any(type(v) is not str or len(k) > 1024 or len(v) > 1024 for k, v in key):
+            limit = self.max_label_len
+            if len(key) > self.max_labels or any(type(v) is not str or len(k) > limit or len(v) > limit
+                                                 for k, v in key):
                 return None
             if len(self._labels) >= 200_000:  # bounded: a label explosion must not eat memory
                 self._labels.clear()

@@ -18,6 +18,17 @@ one instance does not dip its service's total; a NaN is a gap; a gap longer than
 Samples are expected in event-time order (the runtime's reorder buffer sees to it); a duplicate
 or out-of-order sample of a series is counted and skipped.
 
+**Cardinality is bounded** (:class:`~aiops.config.LimitSettings`): at most
+``max_series_per_service`` raw series per ``service`` label and ``max_series`` in all. The first
+sample of a series beyond a limit is refused — counted as a rejected record
+(``series_limit_per_service`` / ``series_limit_total``), with a ``cardinality_limit`` warning at
+most once per service per ``warn_interval_s`` of event time — and series already tracked keep
+working. Refusing the newcomer, not evicting an old series, is deliberate: eviction would let a
+label explosion push out the series an engineer already relies on. Slots come back as series
+go idle: a series silent longer than ``max_gap_steps`` (and ``stale_steps``) is forgotten —
+without changing any output, since its next sample would only set a new baseline anyway — so
+pod churn does not fill a service's quota over the weeks.
+
 >>> from aiops.observe.rejects import Rejects
 >>> from aiops.records import MetricSample
 >>> d = MetricDeriver(step_s=15, stale_steps=4, max_gap_steps=20, rejects=Rejects())
@@ -30,9 +41,15 @@ or out-of-order sample of a series is counted and skipped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aiops.config import LimitSettings
 from aiops.observe.rejects import Rejects
 from aiops.records import Labels, MetricSample, PointKind, SeriesPoint
 
@@ -43,6 +60,9 @@ _EPS = 1e-12
 
 SeriesId = tuple[str, Labels]
 GroupKey = tuple[str | None, str]
+_ALL = "\x00all services"  # warning-throttle key of the total limit (no service can be named this)
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -116,14 +136,20 @@ class MetricDeriver:
     """Turns raw samples into :class:`SeriesPoint` batches, one batch per aligned step.
 
     Call :meth:`add` in event-time order, then :meth:`flush` with the watermark to collect
-    every step that is complete.
+    every step that is complete. ``limits`` bounds the series tracked (module docstring).
     """
 
-    def __init__(self, step_s: float, stale_steps: int, max_gap_steps: int, rejects: Rejects) -> None:
+    def __init__(self, step_s: float, stale_steps: int, max_gap_steps: int, rejects: Rejects,
+                 limits: LimitSettings | None = None) -> None:
         self.step_s = float(step_s)
         self.stale_steps = stale_steps
         self.max_gap_s = max_gap_steps * self.step_s
         self._rejects = rejects
+        self.limits = limits or LimitSettings()
+        self._per_service: dict[str | None, int] = {}  # series in ``_last`` per service label
+        self._warned: dict[str | None, float] = {}  # service (or _ALL) -> event time of its last warning
+        self._refused: dict[str | None, int] = {}  # refused since that warning
+        self._sweep_every = max(1, max_gap_steps // 4)  # steps between sweeps: a slot frees soon after max_gap
         self._routes: dict[SeriesId, _Route | None] = {}
         self._last: dict[SeriesId, tuple[float, float]] = {}  # series -> (ts, value) last accepted
         self._rates: dict[GroupKey, dict[Labels, _Member]] = {}
@@ -159,16 +185,28 @@ class MetricDeriver:
             reason = "duplicate_sample" if sample.ts == last[0] else "out_of_order_sample"
             self._rejects.reject("derive", reason, detail=f"{sample.name}{dict(sample.labels)} at {sample.ts}")
             return
-        if sid in self._routes:
-            route = self._routes[sid]
-        else:
-            route = self._routes[sid] = _route(sample.name, sample.labels)
+        service: str | None = None
+        if last is None:  # a series not tracked (yet): admitted only within the cardinality limits
+            service = _service_of(sample.labels)
+            if (self._per_service.get(service, 0) >= self.limits.max_series_per_service
+                    or len(self._last) >= self.limits.max_series):
+                self._refuse(service, sample)
+                return
+        route = self._routes.get(sid, _UNROUTED)
+        if route is _UNROUTED:
+            route = _route(sample.name, sample.labels)
+            if route is not None and value < 0:  # checked below; not cached, so refused series cost no memory
+                self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
+                return
+            self._routes[sid] = route
             if route is not None and route.has_status:
                 self._status_groups.add(route.group)
         if route is not None and value < 0:
             # Counters never go below zero; a negative one would read as a reset to a negative rate.
             self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
             return
+        if last is None:
+            self._per_service[service] = self._per_service.get(service, 0) + 1
         self._last[sid] = (sample.ts, value)
         if route is None:
             self._gauges[sid] = sample.value
@@ -190,6 +228,30 @@ class MetricDeriver:
             self._rates.setdefault(route.group, {})[sample.labels] = member
             if route.is_error:
                 self._errors.setdefault(route.group, {})[sample.labels] = member
+
+    def _refuse(self, service: str | None, sample: MetricSample) -> None:
+        """Count a sample of a series beyond a limit; warn once per service per interval (event time)."""
+        per_service = self._per_service.get(service, 0) >= self.limits.max_series_per_service
+        reason = "series_limit_per_service" if per_service else "series_limit_total"
+        self._rejects.reject("derive", reason, detail=f"{service}: {sample.name}{dict(sample.labels)}"[:200])
+        key = service if per_service else _ALL  # bounded: only services already at their limit
+        self._refused[key] = self._refused.get(key, 0) + 1
+        warned = self._warned.get(key)
+        if warned is None or sample.ts - warned >= self.limits.warn_interval_s:
+            log.warning("cardinality_limit", stage="derive", reason=reason, service=service,
+                        limit=self.limits.max_series_per_service if per_service else self.limits.max_series,
+                        tracked=self._per_service.get(service, 0) if per_service else len(self._last),
+                        refused=self._refused[key], example=f"{sample.name}{dict(sample.labels)}"[:200])
+            self._warned[key] = sample.ts
+            self._refused[key] = 0
+
+    @property
+    def series_count(self) -> int:
+        """Raw series tracked now (what the cardinality limits bound)."""
+        return len(self._last)
+
+    def series_per_service(self) -> dict[str | None, int]:
+        return dict(self._per_service)
 
     def flush(self, watermark: float) -> list[tuple[float, list[SeriesPoint]]]:
         """Close every step that ends at or before ``watermark``; return the closed batches."""
@@ -234,13 +296,17 @@ class MetricDeriver:
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any], step_s: float, stale_steps: int, max_gap_steps: int,
-                      rejects: Rejects) -> MetricDeriver:
-        """Rebuild a deriver from :meth:`snapshot` output; ``step_s`` must be the one it was saved with."""
+                      rejects: Rejects, limits: LimitSettings | None = None) -> MetricDeriver:
+        """Rebuild a deriver from :meth:`snapshot` output; ``step_s`` must be the one it was saved with.
+
+        A snapshot holding more series than today's limits is kept whole (no tracked series is
+        dropped); new series are refused until idle ones are forgotten.
+        """
         if data.get("version") != cls.SNAPSHOT_VERSION:
             raise ValueError(f"unsupported deriver snapshot version {data.get('version')!r}")
         if float(data["step_s"]) != float(step_s):
             raise ValueError(f"deriver state was saved with step {data['step_s']} s, not {step_s} s")
-        d = cls(step_s, stale_steps, max_gap_steps, rejects)
+        d = cls(step_s, stale_steps, max_gap_steps, rejects, limits)
 
         def members(rows: list[list[Any]]) -> dict[Labels, _Member]:
             return {_labels_in(lb): _Member(float(rate), int(step)) for lb, rate, step in rows}
@@ -253,6 +319,9 @@ class MetricDeriver:
         d._hist = {(svc, str(base)): {float(le): members(rows) for le, rows in by_le}
                    for svc, base, by_le in data["hist"]}
         d._gauges = {(str(name), _labels_in(lb)): float(v) for name, lb, v in data["gauges"]}
+        for _, lb in d._last:
+            service = _service_of(lb)
+            d._per_service[service] = d._per_service.get(service, 0) + 1
         d._ready = [(float(ts), [SeriesPoint(float(p[0]), str(p[1]), p[2], str(p[3]), PointKind(p[4]), float(p[5]))
                                  for p in pts]) for ts, pts in data["ready"]]
         # Routes are a pure function of (name, labels): recomputed lazily on the next sample.
@@ -267,7 +336,44 @@ class MetricDeriver:
             if points:
                 self._ready.append((step * self.step_s, points))
             self._gauges.clear()
+        # Sweep on fixed step numbers, so a restored deriver sweeps exactly when the original would.
+        k = self._sweep_every
+        if -(-self._step // k) * k < next_step:
+            self._forget_idle(next_step)
         self._step = next_step
+
+    def _forget_idle(self, next_step: int) -> None:
+        """Drop series and rate members no future step can use (frees their cardinality slots).
+
+        Samples still to come are at or after ``(next_step - 1/2) * step``: a series last seen more
+        than ``max_gap`` before that only restarts from a new baseline, and a member older than
+        ``stale_steps`` is never summed again; so forgetting them changes no output.
+        """
+        cutoff = (next_step - 1.5) * self.step_s - self.max_gap_s
+        idle = [sid for sid, (ts, _) in self._last.items() if ts < cutoff]
+        for sid in idle:
+            del self._last[sid]
+            self._routes.pop(sid, None)
+            service = _service_of(sid[1])
+            left = self._per_service[service] - 1
+            if left:
+                self._per_service[service] = left
+            else:
+                del self._per_service[service]
+                self._warned.pop(service, None)
+                self._refused.pop(service, None)
+        oldest = next_step - self.stale_steps - 1
+        for groups in (self._rates, self._errors):
+            for group in [g for g, members in groups.items() if _prune(members, oldest)]:
+                del groups[group]
+        for by_le in self._hist.values():
+            for le in [le for le, m in by_le.items() if _prune(m, oldest)]:
+                del by_le[le]
+        for group in [g for g, by_le in self._hist.items() if not by_le]:
+            del self._hist[group]
+        if self._status_groups:
+            routed = {r.group for r in self._routes.values() if r is not None and r.has_status}
+            self._status_groups = {g for g in self._status_groups if g in self._rates or g in routed}
 
     def _fresh_sum(self, members: dict[Labels, _Member], step: int) -> float | None:
         total, any_fresh = 0.0, False
@@ -311,6 +417,56 @@ class MetricDeriver:
         if len(finite) != len(points):  # sums of near-max rates overflow; a detector must never see inf/NaN
             self._rejects.reject("derive", "non_finite_point", detail=f"{len(points) - len(finite)} at {ts}")
         return finite
+
+
+class SeriesCollector(Collector):
+    """Exports ``aiops_deriver_series`` (raw series tracked) and ``aiops_deriver_series_limit`` at scrape time.
+
+    ``deriver`` is called per scrape (``lambda: pipeline.deriver``), so a deriver replaced by a
+    checkpoint restore needs no new registration. Refused series are counted by
+    :class:`~aiops.observe.rejects.Rejects` (``aiops_records_rejected_total{stage="derive",
+    reason="series_limit_per_service"}``); together they show how close the limits are.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> reg = CollectorRegistry()
+    >>> reg.register(SeriesCollector(lambda: MetricDeriver(15, 4, 20, Rejects(log_examples=False))))
+    >>> b"aiops_deriver_series 0.0" in generate_latest(reg)
+    True
+    """
+
+    def __init__(self, deriver: Callable[[], MetricDeriver]) -> None:
+        self._deriver = deriver
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        d = self._deriver()
+        series = GaugeMetricFamily("aiops_deriver_series", "Raw metric series the deriver tracks")
+        series.add_metric([], d.series_count)
+        fullest = GaugeMetricFamily("aiops_deriver_series_max_per_service",
+                                    "Raw series of the service with the most (the per-service limit binds there)")
+        fullest.add_metric([], max(d.series_per_service().values(), default=0))
+        limit = GaugeMetricFamily("aiops_deriver_series_limit", "Cardinality limits of the deriver", labels=["limit"])
+        limit.add_metric(["per_service"], d.limits.max_series_per_service)
+        limit.add_metric(["total"], d.limits.max_series)
+        yield series
+        yield fullest
+        yield limit
+
+
+_UNROUTED: Any = object()
+
+
+def _service_of(labels: Labels) -> str | None:
+    for k, v in labels:
+        if k == "service":
+            return v
+    return None
+
+
+def _prune(members: dict[Labels, _Member], oldest: int) -> bool:
+    """Remove members last updated before step ``oldest``; ``True`` if none is left."""
+    for labels in [lb for lb, m in members.items() if m.step < oldest]:
+        del members[labels]
+    return not members
 
 
 def _labels_out(labels: Labels) -> list[list[str]]:
