@@ -13,6 +13,18 @@ Three kinds of signal, all keyed by service:
    baseline qualify, so routine INFO and steady WARN lines never signal.
 3. **Error burst** (name ``log_errors``): ERROR+ lines per step of the service vs their baseline.
 
+**Template cap: eviction, counted and visible.** Each service's miner keeps at most
+``LogSettings.max_templates_per_service`` templates and evicts the least recently seen one to
+make room. New templates are deliberately *not* refused at the cap (as new metric series are):
+a burst of brand-new templates is itself what this stage exists to notice — a deploy or a
+failure brings wording never seen before, while old templates fall silent — and refusing them
+would blind it exactly then. An evicted template that comes back is simply learned again (as a
+template first seen after warm-up it may signal as new, which a flood of novelty deserves).
+Evictions are counted per service (``TemplateMiner.evicted``, kept in checkpoints), summed by
+:attr:`LogStage.evicted`, exported by :class:`TemplateCollector` as
+``aiops_log_templates_evicted_total``, and logged as ``log_templates_evicted`` at most once per
+service per ``EVICT_WARN_S`` of event time.
+
 Onsets and recoveries share an id; a recovery has ``end_ts`` set. The stage is pure and driven by
 event time: ``process`` per line, ``tick(ts)`` once per step after that step's lines (the runtime
 calls it for every step, also empty ones), so each tick closes one step of counts.
@@ -34,8 +46,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aiops.config import LogSettings
 from aiops.logs.baseline import RateBaseline
@@ -72,6 +89,10 @@ LARGE_RATIO = 10.0
 LARGE_Z = 8.0
 SAMPLES = 3
 ERROR_SIGNAL = "log_errors"
+EVICT_WARN_S = 300.0
+"""Event time between two ``log_templates_evicted`` warnings about one service."""
+
+log = structlog.get_logger(__name__)
 
 _LEVELS = {
     "trace": 0, "debug": 0, "fine": 0, "finer": 0, "finest": 0, "verbose": 0,
@@ -179,7 +200,8 @@ class _TemplateStats:
 class _Service:
     """Everything the stage keeps for one service: its miner, template stats, error counts."""
 
-    __slots__ = ("name", "first_ts", "miner", "stats", "touched", "err", "err_count", "err_first_ts", "err_tids")
+    __slots__ = ("name", "first_ts", "miner", "stats", "touched", "err", "err_count", "err_first_ts", "err_tids",
+                 "evicted_warned", "evict_warned_ts")
 
     def __init__(self, name: str, first_ts: float, miner: TemplateMiner) -> None:
         self.name = name
@@ -191,6 +213,8 @@ class _Service:
         self.err_count = 0
         self.err_first_ts = first_ts
         self.err_tids: Counter[str] = Counter()
+        self.evicted_warned = miner.evicted  # the miner's eviction count at the last warning
+        self.evict_warned_ts: float | None = None
 
 
 class LogStage:
@@ -353,7 +377,28 @@ class LogStage:
                         keep[st.tid] = st
                 svc.touched = keep
             self._step_errors(svc, ts, step, warm, out)
+            if svc.miner.evicted != svc.evicted_warned:
+                self._warn_evictions(svc, ts)
         return out
+
+    def _warn_evictions(self, svc: _Service, ts: float) -> None:
+        if svc.evict_warned_ts is not None and ts - svc.evict_warned_ts < EVICT_WARN_S:
+            return
+        log.warning("log_templates_evicted", service=svc.name, evicted=svc.miner.evicted - svc.evicted_warned,
+                    evicted_total=svc.miner.evicted, templates=len(svc.miner),
+                    cap=self.settings.max_templates_per_service, since_s=None if svc.evict_warned_ts is None
+                    else ts - svc.evict_warned_ts)
+        svc.evicted_warned = svc.miner.evicted
+        svc.evict_warned_ts = ts
+
+    @property
+    def evicted(self) -> int:
+        """Templates evicted at the per-service cap so far, over all services (checkpoints keep it)."""
+        return sum(svc.miner.evicted for svc in self._services.values())
+
+    def templates_by_service(self) -> dict[str, tuple[int, int]]:
+        """``service -> (templates held, templates evicted so far)``."""
+        return {name: (len(svc.miner), svc.miner.evicted) for name, svc in self._services.items()}
 
     def _step_template(
         self, svc: _Service, st: _TemplateStats, ts: float, step: int, warm: bool, out: list[Signal]
@@ -543,3 +588,31 @@ class LogStage:
             svc.err_tids = Counter({str(k): int(v) for k, v in d["err_tids"].items()})
             stage._services[name] = svc
         return stage
+
+
+class TemplateCollector(Collector):
+    """Exports the log stage's template counts at scrape time: register once, survives restores.
+
+    ``stage`` is called at each scrape (``lambda: pipeline.logs``), so a stage replaced by a
+    checkpoint restore is read without registering anything twice. No service label: the number
+    of services is itself unbounded input.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> reg = CollectorRegistry()
+    >>> reg.register(TemplateCollector(lambda: LogStage(LogSettings())))
+    >>> b"aiops_log_templates_evicted_total 0.0" in generate_latest(reg)
+    True
+    """
+
+    def __init__(self, stage: Callable[[], LogStage]) -> None:
+        self._stage = stage
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stage = self._stage()
+        evicted = CounterMetricFamily("aiops_log_templates_evicted",
+                                      "Log templates evicted at the per-service cap (least recently seen first)")
+        evicted.add_metric([], stage.evicted)
+        held = GaugeMetricFamily("aiops_log_templates", "Log templates held, over all services")
+        held.add_metric([], sum(n for n, _ in stage.templates_by_service().values()))
+        yield evicted
+        yield held
