@@ -274,11 +274,12 @@ def test_sigkill_after_a_checkpoint_then_restart(
             proc.wait()
     run2 = _lines(out2)
 
-    # Alertmanager saw this incident only, and exactly the alert identities an uninterrupted run sends
-    # (its labels change once, when the severity rises): the restart added none.
+    # Alertmanager saw this incident only, and only alert identities an uninterrupted run sends: the
+    # restart added none. (Its labels change when the severity rises; whether that state was ever
+    # active in Alertmanager depends on how fast the backlog went, since a sink posts only the newest.)
     decisions = _baseline(records, config, scenario.step)
     assert watch.ids == {iid}, watch.ids
-    assert watch.seen == {tuple(sorted(d.labels)) for d in decisions
+    assert watch.seen <= {tuple(sorted(d.labels)) for d in decisions
                           if isinstance(d, Alert) and d.status is AlertStatus.FIRING}, watch.seen
     # One rollback request in all, although the restart replayed the decisions after the last checkpoint.
     acted = [(d["type"], d["outcome"], d["reason"]) for d in run1 + run2
