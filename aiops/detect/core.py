@@ -82,13 +82,14 @@ class ScorerParams:
     # anomaly likelihood of the deviation (Ahmad et al. 2017): a short mean of log(1+|z|) against
     # the long-run mean and spread of log(1+|z|) in this series; its tail, -log10 p, maps to
     # [0, 1) by lk / (lk + lk_half) (0 = off)
-    lk_half: float = 4.0
+    lk_half: float = 3.5
     lk_alpha_short: float = 0.3  # the short mean (a few samples)
     lk_alpha_long: float = 0.002  # the long-run statistics (~500 samples)
     lk_warmup: int = 300  # deviations a series needs before its likelihood may score
     lk_cap: float = 50.0  # |z| is capped here: a floored scale gives astronomic z on flat series
     range_decay: float = 5e-6  # per sample: how fast an old extreme fades (~200k samples, a month at 15 s)
     quiet_steps: int = 20  # after a score >= 0.5, this many samples only score if they beat it
+    quiet_gain: float = 2.0  # ... and beat it by this factor in odds, score / (1 - score)
     alpha_fast: float = 0.3  # fast EWMA (a few samples)
     alpha_slow: float = 0.01  # slow EWMA for level shifts (~100 samples)
     alpha_vol: float = 0.1
@@ -394,9 +395,11 @@ class BatchScorer:
             score = np.maximum(score, lk_score)
         # one detection per event: NAB rewards the first detection in a window and charges every
         # repeat, and an on-call engineer wants one page, so right after a detection only a
-        # stronger sample may score
+        # clearly stronger sample may score: twice the odds, since a score that climbs over a few
+        # samples (the likelihood's short mean filling up) is still the same event
         quiet = a["quiet"][i]
-        muted = (quiet > 0) & (score <= a["peak"][i])
+        peak = a["peak"][i]
+        muted = (quiet > 0) & (score * (1.0 - peak) <= p.quiet_gain * peak * (1.0 - score))
         score = np.where(muted, 0.0, score)
         fire = score >= 0.5
         a["quiet"][i] = np.where(fire, float(p.quiet_steps), np.maximum(quiet - 1.0, 0.0))

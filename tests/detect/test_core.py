@@ -109,14 +109,30 @@ def test_likelihood_sees_a_sustained_deviation_inside_the_old_range() -> None:
     vals = 10 + 0.2 * rng.standard_normal(1000)
     vals[100:110] = 30.0
     vals[900:] += 4.0
-    s = BatchScorer()
+    s = BatchScorer(ScorerParams(trans_bins=0))  # a new jump between levels would fire first
     idx = s.add_series(1)
     out = [s.update(idx, vals[k : k + 1], k * 60.0) for k in range(len(vals))]
     scores = np.array([o.score[0] for o in out])
     assert np.all(scores[400:900] < 0.5)
     dev = [k for k in range(900, 910) if scores[k] >= 0.5 and FEATURES[out[k].feature[0]] == "deviation"]
     assert dev and dev[0] < 906
-    off = BatchScorer(ScorerParams(lk_half=0.0))
+    off = BatchScorer(ScorerParams(trans_bins=0, lk_half=0.0))
     idx = off.add_series(1)
     feats = [off.update(idx, vals[k : k + 1], k * 60.0).feature[0] for k in range(len(vals))]
     assert FEATURES.index("deviation") not in feats
+
+
+
+def test_a_score_that_climbs_over_a_few_samples_fires_once() -> None:
+    # the likelihood's short mean fills up over a few samples after a shift: one event, one
+    # detection, unless a later sample is clearly (twice the odds) stronger
+    rng = np.random.default_rng(6)
+    vals = 10 + 0.2 * rng.standard_normal(1000)
+    vals[100:110] = 30.0
+    vals[900:] += 4.0
+    fires = []
+    for gain in (1.0, 2.0):
+        s = BatchScorer(ScorerParams(trans_bins=0, quiet_gain=gain))
+        idx = s.add_series(1)
+        fires.append(sum(s.update(idx, vals[k : k + 1], k * 60.0).score[0] >= 0.5 for k in range(900, 1000)))
+    assert fires[0] > 1 and fires[1] == 1
