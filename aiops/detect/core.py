@@ -312,7 +312,13 @@ class BatchScorer:
 
         # -- novelty of each feature against its own range ------------------------------
         feats = (x, s_res, shift, s_shift, vol)
-        ready = (np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool), known, np.ones(len(i), dtype=bool))
+        ones = np.ones(len(i), dtype=bool)
+        ready = (ones, known, ones, known, ones)
+        # seasonal residuals start a period after the series does: like every feature they need
+        # `warmup` samples before their range means anything (a range of three residuals is
+        # left by the fourth)
+        s_ready = known & (a["s_n"][i] >= p.warmup)
+        scoring = (ones, s_ready, ones, s_ready, ones)
         nov_up = np.zeros((len(self._w), len(i)))
         nov_down = np.zeros((len(self._w), len(i)))
         keep = 1.0 - p.range_decay
@@ -350,8 +356,8 @@ class BatchScorer:
             hi = np.where(fresh, f, hi)
             lo = np.where(fresh, f, lo)
             span = np.maximum(hi - lo, floor)
-            nov_up[k] = np.where(ok, np.maximum(f - hi, 0.0) / span, 0.0)
-            nov_down[k] = np.where(ok, np.maximum(lo - f, 0.0) / span, 0.0)
+            nov_up[k] = np.where(scoring[k], np.maximum(f - hi, 0.0) / span, 0.0)
+            nov_down[k] = np.where(scoring[k], np.maximum(lo - f, 0.0) / span, 0.0)
             new_hi = np.where(ok, np.maximum(hi, f), hi)
             new_lo = np.where(ok, np.minimum(lo, f), lo)
             mid = 0.5 * (new_hi + new_lo)
