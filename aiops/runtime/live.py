@@ -213,7 +213,7 @@ class LiveDaemon:
         while not stop.is_set():
             try:
                 await self.kafka.start()
-                self._seek_to_checkpoint()
+                await self._seek_to_checkpoint()
                 return True
             except Exception as exc:  # noqa: BLE001 - any connection failure is retried, never fatal
                 log.warning("kafka_connect_failed", error=repr(exc), retry_in_s=delay)
@@ -230,22 +230,28 @@ class LiveDaemon:
                 delay = min(delay * 2, 30.0)
         return False
 
-    def _seek_to_checkpoint(self) -> None:
+    async def _seek_to_checkpoint(self) -> None:
         """Read on from the restored checkpoint's offsets, not from the group's committed ones.
 
         ``start()`` returns once partitions are assigned and before the first fetch is handed
         out; a seek then discards anything prefetched from the committed position. The committed
         offsets normally agree (they are committed only after a checkpoint); they differ when a
         crash fell between a checkpoint and its commit, or when the newest checkpoint was set
-        aside and an older one restored.
+        aside and an older one restored. Committing the restored offsets right away makes them
+        agree again, so the group's lag says what this instance will really read.
         """
         assert self.kafka is not None and self.kafka.consumer is not None
         consumer = self.kafka.consumer
+        seeked: dict[TopicPartition, int] = {}
         for tp in consumer.assignment():
             offset = self._resume_offsets.get((tp.topic, tp.partition))
             if offset is not None:
                 consumer.seek(tp, offset)
+                seeked[tp] = offset
                 log.info("kafka_seek_to_checkpoint", topic=tp.topic, partition=tp.partition, offset=offset)
+        if seeked:
+            self.kafka.mark_processed(KafkaBatch(records=[], offsets=seeked, messages=0))
+            await self.kafka.commit()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -357,6 +363,11 @@ class LiveDaemon:
         if self._newest_ts is None:
             return
         now_wall = self.clock()
+        if self.kafka is not None and not self.kafka.connected:
+            # A broker outage is not an idle source: producers hold their records and send them,
+            # with their own event time, once it is back; the outage must not make them late.
+            self._newest_wall = self._last_input_wall = now_wall
+            return
         if now_wall - self._last_input_wall < self.settings.live.idle_advance_s:
             return
         target = self._newest_ts + (now_wall - self._newest_wall)

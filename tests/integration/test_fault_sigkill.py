@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from aiops.config import load_settings
 from aiops.correlate.topology import Topology
@@ -74,6 +74,17 @@ async def _produce(bootstrap: str, topics: dict[str, str], records: list[Record]
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def _committed(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    # A consumer that never subscribes does not join the group, so it leaves the daemon's membership alone.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        got = {t: await consumer.committed(TopicPartition(t, 0)) for t in topics}
+    finally:
+        await consumer.stop()
+    return {f"{t}/0": off for t, off in got.items() if off is not None}
 
 
 class _KubeThread:
@@ -261,6 +272,11 @@ def test_sigkill_after_a_checkpoint_then_restart(
         (restored,) = _events(log2, "checkpoint_restored")
         assert restored["offsets"], restored
         assert _events(log2, "kafka_seek_to_checkpoint")
+        # Commit after checkpoint: the group never committed past the state the kill left (committing
+        # as records were processed would be ahead here), and the restart re-commits the checkpoint's
+        # offsets in case the kill fell between a checkpoint and its commit.
+        committed = asyncio.run(_committed(kafka_bootstrap, config["kafka"]["group_id"], list(topics.values())))
+        assert committed == restored["offsets"], (committed, restored)
         asyncio.run(_produce(kafka_bootstrap, topics, rest, scenario.step))
         _wait(lambda: any(d["kind"] == "incident" and d["id"] == iid and d["status"] == "resolved"
                           for d in _lines(out2)), 300, "the incident to resolve", watch, proc, log2)
