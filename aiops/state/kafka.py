@@ -21,7 +21,7 @@ compacted topic holds one generation per key.
 
 **Compaction is an optimisation, never needed for correctness**: restore reads every record
 in offset order and keeps the newest, so an uncompacted topic (Tansu as of v0.6 stores
-``cleanup.policy=compact`` but keeps every record) restores the same state, only more slowly.
+``cleanup.policy=compact``, but in our runs every record stayed readable) restores the same state, only more slowly.
 Restore reads at least to the partition's end offset as of its start, and takes whole fetched
 batches (records written meanwhile are newer states; a write still in flight has no manifest yet).
 

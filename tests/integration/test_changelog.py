@@ -59,7 +59,7 @@ async def test_round_trip_and_topic_is_created_compacted(kafka_bootstrap: str) -
     topic = _topic()
     state = {"n": 1, "x": [0.5, float("nan")], "a": np.arange(100, dtype=np.float32)}
     async with _store(kafka_bootstrap, topic) as store:
-        assert store.cleanup_policy == "compact"  # Tansu stores the config (it does not compact, see module doc)
+        assert store.cleanup_policy == "compact"  # Tansu stores the config (no compaction seen: module doc)
         await store.save(0, KEY, state, event_ts=600.0, offsets={("aiops.metrics", 0): 1234})
     async with _store(kafka_bootstrap, topic) as owner:  # a new process: nothing in memory
         assert await owner.ensure_topic() is False  # exists already
