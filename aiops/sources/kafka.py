@@ -21,8 +21,9 @@ A group rebalance (a member joining or leaving, a broker restart that forgot the
 aiokafka restart every partition it hands back from the group's committed offset, which lags
 what was read by up to a checkpoint interval: those records would reach the pipeline twice.
 The source remembers how far it read each partition and, when one it read comes back, seeks to
-there, unless the group has committed further (another member processed on meanwhile) or the
-partition is now shorter than that (a broker that lost its data: the records are new ones).
+there, unless the group has committed further (another member processed on meanwhile). A
+partition whose log now ends before the position (a broker that lost its data) is read again
+by ``auto_offset_reset``: its records are new ones.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class KafkaSource:
         self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
         *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
         confirm_s: float = 1.0, probe_interval_s: float = 1.0, probe_timeout_s: float = 2.0,
+        commit_timeout_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
@@ -145,6 +147,7 @@ class KafkaSource:
         self.confirm_s = confirm_s
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
+        self.commit_timeout_s = commit_timeout_s
         self._reachable = False
         self._last_probe = -math.inf  # time.monotonic() of the last metadata probe
 
@@ -200,6 +203,8 @@ class KafkaSource:
                 self._observe_lag(fetched)
             elif received - self._last_probe >= self.probe_interval_s:
                 await self._probe(consumer)
+                if self._reachable:
+                    await self._check_truncation(consumer)
             batch = await self._release(received)
             if batch is not None:
                 yield batch
@@ -305,25 +310,40 @@ class KafkaSource:
             if ours is None:
                 continue  # never read here: the group's committed offset (or the reset policy) decides
             try:
-                meta = await asyncio.wait_for(self.consumer.committed(tp), 10.0)
+                committed = await asyncio.wait_for(self.consumer.committed(tp), 10.0)
             except (KafkaError, TimeoutError) as exc:
                 log.warning("kafka_committed_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
-                meta = None
-            if meta is not None and meta >= ours:
-                continue
-            try:
-                end = (await asyncio.wait_for(self.consumer.end_offsets([tp]), 10.0))[tp]
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("kafka_end_offset_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
-                continue
-            if end < ours:
-                # The log is shorter than what was read from it: the broker lost it (or the topic was
-                # made anew). Its records are new ones; the group's offset or reset policy decides.
-                log.warning("kafka_partition_truncated", topic=tp.topic, partition=tp.partition, read=ours, end=end)
-                del self._read[tp]
+                committed = None
+            if committed is not None and committed >= ours:
                 continue
             self.consumer.seek(tp, ours)
-            log.info("kafka_resume_position", topic=tp.topic, partition=tp.partition, offset=ours, committed=meta)
+            log.info("kafka_resume_position", topic=tp.topic, partition=tp.partition, offset=ours,
+                     committed=committed)
+
+    async def _check_truncation(self, consumer: AIOKafkaConsumer) -> None:
+        """Read a partition again whose log ended before our position (its broker lost its data).
+
+        Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka applies the reset policy;
+        some brokers (Tansu) answer with nothing, which would stall the partition until its new
+        log grew past the old position and then skip what came before.
+        """
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except (TimeoutError, KafkaError, IllegalStateError):
+                continue
+            if position <= high:
+                continue
+            log.warning("kafka_partition_truncated", topic=tp.topic, partition=tp.partition, position=position,
+                        end=high, reset=self.settings.auto_offset_reset)
+            self._read.pop(tp, None)  # what is held from the old log is still processed
+            if self.settings.auto_offset_reset == "earliest":
+                await consumer.seek_to_beginning(tp)
+            else:
+                await consumer.seek_to_end(tp)
 
     def _flow_control(self) -> None:
         """Pause partitions holding more than ``max_batch`` messages so fetches go to the laggards."""
@@ -452,8 +472,10 @@ class KafkaSource:
         if not pending:
             return
         try:
-            await self.consumer.commit(pending)
-        except (CommitFailedError, KafkaError) as exc:
+            # aiokafka waits for a coordinator however long the broker is away; the caller (the
+            # live processor, between batches) must not stall with it. Not committed now, next time.
+            await asyncio.wait_for(self.consumer.commit(pending), self.commit_timeout_s)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
             # After a rebalance the new owner re-reads from the last commit: repeated work, no loss.
             log.warning("kafka_commit_failed", error=repr(exc), partitions=len(pending))
             return

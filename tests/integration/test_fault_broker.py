@@ -269,3 +269,54 @@ def test_daemon_rides_out_a_broker_restart(kafka_broker: Broker, tmp_path: Path)
     # Not one record lost, late or repeated on the way: every stage saw the same numbers.
     assert counts['aiops_stage_records_total{direction="in",stage="derive"}'] > 0
     assert counts == ref_counts
+
+
+def test_event_time_waits_for_the_broker(kafka_broker: Broker, tmp_path: Path) -> None:
+    """With idle sources event time follows the wall clock (``live.idle_advance_s``); a broker
+    outage is not an idle source: had event time moved on meanwhile, what is produced once the
+    broker is back (buffered by producers, older than the outage's end) would all be late."""
+    # Longer than the lateness bound, as outages are; the idle time around it (before the outage is
+    # noticed, while the group re-forms) still counts, and stays well inside the bound.
+    lateness_s, outage_s = 30.0, 75.0
+    tag = uuid.uuid4().hex[:8]
+    topic = f"up-{tag}"
+    bootstrap = kafka_broker.bootstrap
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = {
+        "rules_dir": str(REPO / "rules"), "state_dir": str(tmp_path / "state"), "log_format": "json",
+        # One in-order partition: a short lateness bound is enough.
+        "runtime": {"lateness_s": lateness_s},
+        "kafka": {"bootstrap": bootstrap, "group_id": f"aiops-{tag}", "auto_offset_reset": "earliest",
+                  "metrics_topic": topic, "logs_topic": "", "events_topic": "", "commit_interval_s": 0.5},
+        "http": {"host": "127.0.0.1", "port": port},
+        "live": {"idle_advance_s": 1.0, "shutdown_timeout_s": 30},
+    }
+    cfg = tmp_path / "aiops.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out, log = tmp_path / "out.jsonl", tmp_path / "daemon.log"
+    asyncio.run(create_topics(bootstrap, [topic]))
+    proc = _start(cfg, out, log)
+    try:
+        _wait(lambda: _get(f"{base}/readyz")[0] == 200, 60, "readyz", proc, log)
+        asyncio.run(_produce_up(bootstrap, topic, 0, 200))
+        _wait(lambda: _records_in(base) == 200.0, 60, "the first part read", proc, log)
+        kafka_broker.stop()
+        down = time.monotonic()
+        _wait(lambda: _get(f"{base}/readyz")[0] == 503, 30, "readyz to say not ready", proc, log)
+        time.sleep(max(0.0, outage_s - (time.monotonic() - down)))
+        kafka_broker.start()
+        asyncio.run(create_topics(bootstrap, [topic]))
+        asyncio.run(_produce_up(bootstrap, topic, 200, 100))
+        _wait(lambda: _records_in(base) == 300.0, 90, "the rest read", proc, log)
+        _wait(lambda: _stage_counts(base).get(
+            'aiops_stage_records_total{direction="in",stage="derive"}', 0) >= 300 - lateness_s / 15 - 1,
+            30, "the records released", proc, log)
+        counts = _stage_counts(base)
+        _stop(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    late = {k: v for k, v in counts.items() if "late_record" in k}
+    assert not any(late.values()), f"records dropped as late after the outage: {late}"
