@@ -375,6 +375,7 @@ class KafkaChangelogStore:
             return
         if self._producer is None:
             raise RuntimeError("KafkaChangelogStore: start() first")
+        self._check_partition(partition, await self._producer.partitions_for(self.topic))
         futures = [await self._producer.send(self.topic, value=v, key=k.encode("utf-8"), partition=partition)
                    for k, v in records]
         await asyncio.gather(*futures)
@@ -398,6 +399,8 @@ class KafkaChangelogStore:
         await consumer.start()
         size = 0
         try:
+            await consumer.topics()  # fresh metadata: a partition that does not exist would block forever
+            self._check_partition(partition, consumer.partitions_for_topic(self.topic))
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
@@ -448,6 +451,11 @@ class KafkaChangelogStore:
             self._owned[(partition, key)] = _Owned(frozenset(), reader.garbage(key))
         self.last_restore = {"records": reader.records, "bytes": size, "seconds": time.perf_counter() - t0}
         return out
+
+    def _check_partition(self, partition: int, existing: Collection[int] | None) -> None:
+        if partition not in (existing or ()):
+            raise ValueError(f"changelog topic {self.topic} has partitions {sorted(existing or ())}, not "
+                             f"{partition}: it needs at least as many partitions as the input topics")
 
     async def load_checkpoint(self, partition: int, key: str) -> Checkpoint | None:
         """The newest usable checkpoint of one key, or ``None`` (cold start)."""

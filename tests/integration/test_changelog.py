@@ -195,6 +195,11 @@ async def test_two_partitions_states_are_independent(kafka_bootstrap: str) -> No
         await owner.delete(0, KEY)
         assert await owner.load_checkpoint(0, KEY) is None
         assert (await owner.load_checkpoint(1, KEY)) is not None
+        # A partition the changelog does not have is a clear error, not a restore that waits forever.
+        with pytest.raises(ValueError, match="at least as many partitions"):
+            await owner.restore(2)
+        with pytest.raises(ValueError, match="at least as many partitions"):
+            await owner.save(2, KEY, {})
 
 
 async def test_new_owner_continues_a_scenario_exactly_from_the_changelog(kafka_bootstrap: str, tmp_path: Path) -> None:
