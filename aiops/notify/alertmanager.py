@@ -5,11 +5,11 @@ It behaves like Prometheus does towards Alertmanager: every firing alert is re-p
 resolve on their own), a resolved alert is posted once with ``endsAt`` set to when the
 incident resolved, and every configured URL gets every post (Alertmanager HA peers dedupe).
 A URL that failed is retried with exponential backoff (``retry_min_s`` doubling up to
-``resend_s``) until it accepts the latest state of every alert: a firing alert or a resolution
-decided while Alertmanager is down is delivered once it is back, with the same labels and
-``startsAt`` as it would have had, so Alertmanager sees one alert per incident, never a second
-one. Only the newest state of an incident is kept: an incident that fires and resolves within
-an outage reaches Alertmanager as resolved (Prometheus behaves the same way).
+``retry_max_s``, or ``resend_s`` if shorter) until it accepts the latest state of every alert:
+a firing alert or a resolution decided while Alertmanager is down is delivered once it is back,
+with the same labels and ``startsAt`` as it would have had, so Alertmanager sees one alert per
+incident, never a second one. Only the newest state of an incident is kept: an incident that
+fires and resolves within an outage reaches Alertmanager as resolved (as with Prometheus).
 
 Labels come from the Alert record (the rules), plus ``alertname`` (unless the rules set it) and
 ``incident_id`` so two incidents never merge into one Alertmanager alert; annotations are the
@@ -83,10 +83,11 @@ class AlertmanagerSink:
 
     def __init__(
         self, settings: AlertmanagerSettings, metrics: SelfMetrics | None = None,
-        clock: Callable[[], float] = time.time, retry_min_s: float = 1.0,
+        clock: Callable[[], float] = time.time, retry_min_s: float = 1.0, retry_max_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
         self.metrics = metrics
         self.clock = clock
         self.urls = [u.rstrip("/") + "/api/v2/alerts" for u in settings.urls]
@@ -139,8 +140,9 @@ class AlertmanagerSink:
                 next_resend = loop.time() + self.settings.resend_s
             await self.flush(resend_all=resend)
             if self.pending:
-                # Down or refusing: back off so a long outage costs a post per resend_s at most.
-                self._retry_delay = min(self._retry_delay * 2, max(self.retry_min_s, self.settings.resend_s))
+                # Down or refusing: back off, but not so far that alerts wait long once it is back.
+                cap = max(self.retry_min_s, min(self.retry_max_s, self.settings.resend_s))
+                self._retry_delay = min(self._retry_delay * 2, cap)
             else:
                 self._retry_delay = self.retry_min_s
 
