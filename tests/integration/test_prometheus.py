@@ -76,7 +76,9 @@ async def _ticking(exporter: Exporter, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.25)
 
 
-async def test_remote_write_to_daemon_detects_injected_anomaly(prometheus_factory, exporter: Exporter) -> None:  # type: ignore[no-untyped-def]
+async def test_remote_write_to_daemon_detects_injected_anomaly(  # type: ignore[no-untyped-def]
+    prometheus_factory, exporter: Exporter, tmp_path: Path,
+) -> None:
     port = free_port()
     prom: Prometheus = prometheus_factory(targets=[f"127.0.0.1:{exporter.port}"],
                                           remote_write=[f"http://127.0.0.1:{port}/api/v1/write"])
@@ -84,6 +86,8 @@ async def test_remote_write_to_daemon_detects_injected_anomaly(prometheus_factor
         "AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_HTTP__PORT": str(port),
         "AIOPS_RUNTIME__LATENESS_S": "3", "AIOPS_DETECT__WARMUP": "15",
         "AIOPS_CORRELATE__PERSIST_S": "3", "AIOPS_CORRELATE__OPEN_HOLD_S": "3", "AIOPS_LIVE__IDLE_ADVANCE_S": "1",
+        # Its own state directory: the daemon restores checkpoints, and one from an earlier run would warm it up.
+        "AIOPS_STATE_DIR": str(tmp_path),
     })
     out = io.StringIO()
     daemon = LiveDaemon(settings, load_rules(settings.rules_dir), Topology(), out=out, kafka=False, step_s=1.0)
