@@ -110,7 +110,7 @@ class DriftSettings(BaseModel):
     max_window: int = Field(20000, ge=100, description="the window keeps at most this many predictions")
     max_pending_labels: int = Field(100_000, ge=0, description="predictions remembered for a late label")
     max_models: int = Field(1000, ge=1)
-    predictions_topic: str | None = Field(None, description="Kafka topic of the prediction log; None: no monitor")
+    predictions_topic: str | None = Field(None, description="Kafka topic of a model's prediction log, read by `aiops run` with the telemetry topics; None: not read")
 
 
 class KafkaSettings(BaseModel):

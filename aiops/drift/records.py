@@ -97,3 +97,23 @@ def decode_prediction(data: Any) -> PredictionRecord:
     if rec.is_label_only and rec.id is None:
         raise DecodeError("label_without_id", "a late label needs the prediction's id")
     return rec
+
+
+def encode_prediction(rec: PredictionRecord) -> dict[str, Any]:
+    """The prediction-log object of ``rec``: what :func:`decode_prediction` reads back as ``rec``.
+
+    >>> rec = decode_prediction('{"ts": 5, "model": "m", "features": {"x": 1}, "prediction": 0, "id": "a"}')
+    >>> encode_prediction(rec)
+    {'ts': 5.0, 'model': 'm', 'features': {'x': 1.0}, 'prediction': 0.0, 'id': 'a'}
+    >>> decode_prediction(encode_prediction(rec)) == rec
+    True
+    """
+    out: dict[str, Any] = {"ts": rec.ts, "model": rec.model}
+    if rec.features:
+        out["features"] = dict(rec.features)
+    for key in ("prediction", "label", "id", "version", "service"):
+        value = getattr(rec, key)
+        if value is not None:
+            out[key] = value
+    return out
+

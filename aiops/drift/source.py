@@ -1,5 +1,10 @@
 """Where prediction logs come from: a Kafka topic (live) or ``predictions.jsonl`` in a scenario directory.
 
+Live, ``drift.predictions_topic`` is one more topic of the daemon's Kafka source
+(:class:`~aiops.sources.kafka.KafkaSource`), decoded by :func:`decode_value`: predictions then
+share the telemetry's event-time alignment, and their offsets are committed only after the
+checkpoint that covers them, like every other record.
+
 Both are thin: bytes -> :func:`~aiops.drift.records.decode_prediction` -> records, with every bad
 line or message a counted, logged skip in :class:`~aiops.observe.rejects.Rejects` (stage
 ``drift``). ``predictions.jsonl`` is an extra file of the scenario format, ignored by tools that
@@ -9,11 +14,10 @@ do not know it.
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aiops.config import DriftSettings, KafkaSettings
 from aiops.decode.jsonline import DecodeError
 from aiops.drift.records import PredictionRecord, decode_prediction
 from aiops.observe.rejects import Rejects
@@ -45,6 +49,32 @@ def read_predictions(scenario_dir: Path, rejects: Rejects) -> Iterator[Predictio
                 rejects.reject("drift", exc.reason, where=f"{path}:{n}", detail=exc.detail)
 
 
+def decode_value(value: bytes) -> tuple[list[PredictionRecord], list[DecodeError]]:
+    """Decode a Kafka message value of one or more newline-separated prediction lines.
+
+    Returns the good records and one error per bad line, as the telemetry decoders do, so the
+    Kafka source counts and dead-letters them the same way.
+
+    >>> recs, errs = decode_value(b'{"ts": 1, "model": "m", "prediction": 1}\\n{"ts": 2}')
+    >>> [r.model for r in recs], [e.reason for e in errs]
+    (['m'], ['missing_model'])
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [DecodeError("bad_utf8", str(exc)[:120])]
+    records: list[PredictionRecord] = []
+    errors: list[DecodeError] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            records.append(decode_prediction(line))
+        except DecodeError as exc:
+            errors.append(exc)
+    return records, errors
+
+
 def decode_message(value: bytes | None, rejects: Rejects, where: str = "") -> PredictionRecord | None:
     """Decode one Kafka message value; a bad one is counted and gives None."""
     if value is None:
@@ -58,33 +88,3 @@ def decode_message(value: bytes | None, rejects: Rejects, where: str = "") -> Pr
     except DecodeError as exc:
         rejects.reject("drift", exc.reason, where=where, detail=exc.detail)
         return None
-
-
-async def kafka_predictions(kafka: KafkaSettings, drift: DriftSettings, rejects: Rejects,
-                            max_batch: int = 1000, offset_reset: str = "latest",
-                            ) -> AsyncIterator[list[PredictionRecord]]:
-    """Batches of prediction records from ``drift.predictions_topic`` (aiokafka, committed after use).
-
-    Offsets are committed when the caller asks for the next batch, i.e. after it processed the
-    previous one: a crash repeats predictions (harmless to a windowed monitor) but loses none.
-    """
-    from aiokafka import AIOKafkaConsumer
-
-    from aiops.sources.kafka import kafka_client_kwargs
-
-    if drift.predictions_topic is None:
-        raise ValueError("drift.predictions_topic is not set")
-    consumer = AIOKafkaConsumer(drift.predictions_topic, group_id=f"{kafka.group_id}-drift",
-                                enable_auto_commit=False, auto_offset_reset=offset_reset, **kafka_client_kwargs(kafka))
-    await consumer.start()
-    try:
-        while True:
-            polled = await consumer.getmany(timeout_ms=1000, max_records=max_batch)
-            batch = [rec for tp, msgs in polled.items() for m in msgs
-                     if (rec := decode_message(m.value, rejects, f"{tp.topic}[{tp.partition}]@{m.offset}"))]
-            if batch:
-                yield batch
-            if polled:
-                await consumer.commit()
-    finally:
-        await consumer.stop()

@@ -177,7 +177,8 @@ class LiveDaemon:
         # Partitions are aligned to half the reorder buffer's lateness: the other half absorbs
         # disorder inside a partition.
         return KafkaSource(self.settings.kafka, self.rejects, self.metrics,
-                           align_slack_s=self.settings.runtime.lateness_s / 2)
+                           align_slack_s=self.settings.runtime.lateness_s / 2,
+                           predictions_topic=self.settings.drift.predictions_topic)
 
     # -- readiness -----------------------------------------------------------------------
 

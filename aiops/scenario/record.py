@@ -3,7 +3,8 @@
 A real incident becomes a regression test: record the window around it, then
 ``aiops replay DIR --check`` runs it forever after. Sources:
 
-* **kafka** — every partition of the metrics, logs and events topics is read from the start up
+* **kafka** — every partition of the metrics, logs and events topics (and of
+  ``drift.predictions_topic``, into ``predictions.jsonl``) is read from the start up
   to the end offsets seen when recording began (no consumer group, nothing committed), decoded
   with the same decoders as the live daemon, and records with ``start <= ts < end`` are kept.
   Event time comes from the payload, not the Kafka timestamp, so data produced later than it
@@ -23,7 +24,7 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from aiops.config import PrometheusPollSettings, Settings
 from aiops.decode.kafka_forms import parse_time
+from aiops.drift.records import PredictionRecord, encode_prediction
+from aiops.drift.source import PREDICTIONS_FILE
+from aiops.drift.source import decode_value as decode_predictions
 from aiops.observe.rejects import Rejects
 from aiops.records import ChangeEvent, LogRecord, MetricSample, Record
 from aiops.sources.kafka import decoder_from, kafka_client_kwargs
@@ -55,24 +59,30 @@ def _event_line(e: ChangeEvent) -> dict[str, Any]:
     return {"ts": e.ts, "type": e.type, "service": e.service, **dict(e.attrs)}
 
 
-def write_scenario(out: Path, records: Iterable[Record], *, name: str, description: str, step: float | None,
+def write_scenario(out: Path, records: Iterable[Record | PredictionRecord], *, name: str, description: str, step: float | None,
                    expect: dict[str, Any] | None = None) -> dict[str, int]:
-    """Write records (any order) as a scenario directory; returns line counts per file."""
+    """Write records (any order) as a scenario directory; returns line counts per file.
+
+    Predictions, if any, go to ``predictions.jsonl`` (an extension of the format that replay reads).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    by_kind: dict[str, list[Record]] = {"metrics": [], "logs": [], "events": []}
+    by_kind: dict[str, list[Record | PredictionRecord]] = {"metrics": [], "logs": [], "events": []}
     for r in records:
-        kind = "metrics" if isinstance(r, MetricSample) else "logs" if isinstance(r, LogRecord) else "events"
-        by_kind[kind].append(r)
+        kind = ("metrics" if isinstance(r, MetricSample) else "logs" if isinstance(r, LogRecord)
+                else "predictions" if isinstance(r, PredictionRecord) else "events")
+        by_kind.setdefault(kind, []).append(r)
     counts = {}
     for kind, items in by_kind.items():
         items.sort(key=lambda r: r.ts)  # stable: equal timestamps keep arrival order
-        path = out / f"{kind}.jsonl"
+        path = out / (PREDICTIONS_FILE if kind == "predictions" else f"{kind}.jsonl")
         with path.open("w", encoding="utf-8") as f:
             for r in items:
                 if isinstance(r, MetricSample):
                     line = _metric_line(r)
                 elif isinstance(r, LogRecord):
                     line = _log_line(r)
+                elif isinstance(r, PredictionRecord):
+                    line = encode_prediction(r)
                 else:
                     assert isinstance(r, ChangeEvent)
                     line = _event_line(r)
@@ -121,18 +131,19 @@ def expect_from_decisions(path: Path, margin_s: float = 60.0) -> dict[str, Any]:
     return {"incidents": incidents}
 
 
-async def record_kafka(settings: Settings, start: float, end: float, rejects: Rejects) -> list[Record]:
-    """Every record in ``[start, end)`` currently in the telemetry topics."""
+async def record_kafka(settings: Settings, start: float, end: float,
+                       rejects: Rejects) -> list[Record | PredictionRecord]:
+    """Every record in ``[start, end)`` currently in the telemetry (and predictions) topics."""
     s = settings.kafka
     decoder = decoder_from(s, settings.logs.max_line_bytes)
     fetch = max(s.max_message_bytes * 2, 1024 * 1024)
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=fetch,
                                 fetch_max_bytes=fetch * 4, **kafka_client_kwargs(s))
     await consumer.start()
-    records: list[Record] = []
+    records: list[Record | PredictionRecord] = []
     try:
-        kinds = {t: k for t, k in ((s.metrics_topic, "metric"), (s.logs_topic, "log"), (s.events_topic, "event"))
-                 if t}
+        kinds = {t: k for t, k in ((s.metrics_topic, "metric"), (s.logs_topic, "log"), (s.events_topic, "event"),
+                                   (settings.drift.predictions_topic, "prediction")) if t}
         parts: list[TopicPartition] = []
         await consumer.topics()  # loads cluster metadata, which partitions_for_topic reads
         for topic in kinds:
@@ -159,8 +170,11 @@ async def record_kafka(settings: Settings, start: float, end: float, rejects: Re
                     if not value or len(value) > s.max_message_bytes:
                         rejects.reject("kafka", "too_large" if value else "empty", where=f"{tp.topic}@{msg.offset}")
                         continue
+                    got: Sequence[Record | PredictionRecord]
                     if kind == "metric":
                         got, errors = decoder.metrics(value)
+                    elif kind == "prediction":
+                        got, errors = decode_predictions(value)
                     elif kind == "log":
                         got, errors = decoder.logs(value, msg.key, msg.headers, kafka_ts)
                     else:
@@ -218,8 +232,9 @@ def record_command(args: argparse.Namespace, settings: Settings) -> int:
     description = args.description or f"Recorded from {args.source} {when}."
     expect = expect_from_decisions(args.expect_from) if args.expect_from else None
     counts = write_scenario(args.out, records, name=name, description=description, step=step, expect=expect)
+    predictions = f", {counts['predictions']} predictions" if counts.get("predictions") else ""
     print(f"recorded {args.out}: {counts['metrics']} samples, {counts['logs']} log lines, "
-          f"{counts['events']} change events; {rejects.total} bad records skipped")
+          f"{counts['events']} change events{predictions}; {rejects.total} bad records skipped")
     for line in rejects.report():
         print(f"  {line}")
     return 0

@@ -1,4 +1,4 @@
-"""Kafka source: a consumer group over the metrics, logs and events topics.
+"""Kafka source: a consumer group over the metrics, logs and events topics (and a model's prediction log).
 
 Messages are fetched in batches (``getmany``), decoded (:mod:`aiops.decode.kafka_forms`) and
 handed out as :class:`KafkaBatch` objects that carry the offsets they cover. The consumer never
@@ -44,6 +44,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiops.config import KafkaSettings
 from aiops.decode.jsonline import DecodeError
 from aiops.decode.kafka_forms import KafkaDecoder, LogFields
+from aiops.drift.source import decode_value as decode_predictions
 from aiops.observe.metrics import SelfMetrics
 from aiops.observe.rejects import Rejects
 from aiops.records import Record
@@ -125,7 +126,7 @@ class KafkaSource:
         self, settings: KafkaSettings, rejects: Rejects, metrics: SelfMetrics | None = None,
         *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
         confirm_s: float = 1.0, probe_interval_s: float = 1.0, probe_timeout_s: float = 2.0,
-        commit_timeout_s: float = 5.0,
+        commit_timeout_s: float = 5.0, predictions_topic: str | None = None,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
@@ -133,7 +134,8 @@ class KafkaSource:
         self.decoder = decoder_from(settings, max_line_bytes)
         self.fetch_timeout_ms = fetch_timeout_ms
         self._kinds = {t: k for t, k in ((settings.metrics_topic, "metric"), (settings.logs_topic, "log"),
-                                         (settings.events_topic, "event")) if t}
+                                         (settings.events_topic, "event"),
+                                         (predictions_topic, "prediction")) if t}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None  # dead letters
         self._processed: dict[TopicPartition, int] = {}
@@ -384,6 +386,8 @@ class KafkaSource:
                     got = ()
                 elif kind == "metric":
                     got, errors = decoder.metrics(value)
+                elif kind == "prediction":
+                    got, errors = decode_predictions(value)
                 elif kind == "log":
                     kafka_ts = msg.timestamp / 1000.0 if msg.timestamp and msg.timestamp > 0 else None
                     got, errors = decoder.logs(value, msg.key, msg.headers, kafka_ts)
