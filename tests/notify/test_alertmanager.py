@@ -110,3 +110,112 @@ async def test_an_outage_is_retried_with_backoff_and_delivered_once_back() -> No
         finally:
             runner.cancel()
             await sink.close(2.0)
+
+
+def _labelled(incident: str, ts: float, labels: dict[str, str], status: AlertStatus = AlertStatus.FIRING) -> Alert:
+    return Alert(ts=ts, incident_id=incident, status=status, labels=tuple(sorted(labels.items())),
+                 annotations=(("summary", "checkout 5xx"),))
+
+
+INCIDENT = {"alertname": "AiopsIncident", "incident_id": "inc-1", "service": "checkout", "severity": "warning"}
+ESCALATION = {"alertname": "AiopsRemediationFailed", "action": "scale_up", "service": "checkout",
+              "severity": "critical"}
+
+
+def _firing(posted: list[dict], now_iso: str) -> list[dict[str, str]]:
+    """Label sets whose last posted state is active at ``now_iso`` (endsAt after it), as Alertmanager sees them."""
+    last = {tuple(sorted(a["labels"].items())): a for a in posted}
+    return [dict(k) for k, a in sorted(last.items()) if a["endsAt"] > now_iso]
+
+
+async def test_an_escalation_of_an_incident_does_not_replace_its_alert() -> None:
+    async with FakeAM() as am:
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=60), clock=lambda: 200.0)
+        await sink.start()
+        try:
+            sink.send(_labelled("inc-1", 100.0, INCIDENT))
+            await sink.flush()
+            sink.send(_labelled("inc-1", 190.0, ESCALATION))
+            await sink.flush()
+            am.accepted.clear()
+            # The resend keeps both alive: each is an alert of its own in Alertmanager.
+            await sink.flush(resend_all=True)
+            assert len(am.accepted) == 2 and _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [
+                {**ESCALATION, "incident_id": "inc-1"}, INCIDENT]
+            assert sink.firing == ["inc-1"]
+            # The incident's resolution ends every alert about it, the escalation too.
+            am.accepted.clear()
+            sink.send(_labelled("inc-1", 195.0, INCIDENT, AlertStatus.RESOLVED))
+            await sink.flush()
+            assert len(am.accepted) == 2 and _firing(am.accepted, "1970-01-01T00:03:20.000Z") == []
+            assert {a["endsAt"] for a in am.accepted} == {"1970-01-01T00:03:15.000Z"}
+            assert not sink._tracked and sink.firing == []
+        finally:
+            await sink.close(2.0)
+
+
+async def test_a_label_change_resolves_the_old_label_set() -> None:
+    async with FakeAM() as am:
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=60), clock=lambda: 200.0)
+        await sink.start()
+        try:
+            sink.send(_labelled("inc-1", 100.0, INCIDENT))
+            await sink.flush()
+            critical = {**INCIDENT, "severity": "critical", "receiver": "pager"}
+            am.accepted.clear()
+            sink.send(_labelled("inc-1", 150.0, critical))
+            await sink.flush()
+            # One post: the new label set firing, the old one resolved when the new one took over.
+            old = [a for a in am.accepted if a["labels"] == INCIDENT]
+            assert len(am.accepted) == 2 and len(old) == 1
+            assert old[0]["endsAt"] == "1970-01-01T00:02:30.000Z" and old[0]["startsAt"] == "1970-01-01T00:01:40.000Z"
+            assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [critical]
+            am.accepted.clear()
+            await sink.flush(resend_all=True)
+            assert [a["labels"] for a in am.accepted] == [critical]
+            # Back to the first label set: it fires again and the second one is resolved.
+            am.accepted.clear()
+            sink.send(_labelled("inc-1", 170.0, INCIDENT))
+            await sink.flush()
+            assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [INCIDENT]
+            assert [a["labels"] for a in am.accepted if a["endsAt"] == "1970-01-01T00:02:50.000Z"] == [critical]
+        finally:
+            await sink.close(2.0)
+
+
+async def test_a_resolution_with_other_labels_still_ends_the_firing_label_set() -> None:
+    async with FakeAM() as am:
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=60), clock=lambda: 200.0)
+        await sink.start()
+        try:
+            sink.send(_labelled("inc-1", 100.0, {**INCIDENT, "severity": "critical"}))
+            await sink.flush()
+            # The resolved incident record may carry a lower severity than the last firing one.
+            sink.send(_labelled("inc-1", 180.0, INCIDENT, AlertStatus.RESOLVED))
+            await sink.flush()
+            assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == []
+            assert not sink._tracked
+        finally:
+            await sink.close(2.0)
+
+
+async def test_a_label_change_during_an_outage_reaches_alertmanager_as_both_states() -> None:
+    async with FakeAM() as am:
+        am.up = False
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=60), clock=lambda: 200.0)
+        await sink.start()
+        try:
+            sink.send(_labelled("inc-1", 100.0, INCIDENT))
+            await sink.flush()
+            critical = {**INCIDENT, "severity": "critical"}
+            sink.send(_labelled("inc-1", 150.0, critical))
+            await sink.flush()
+            assert sink.pending == 2 and not am.accepted
+            am.up = True
+            await sink.flush()
+            assert sink.pending == 0
+            assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [critical]
+            # The resolved old label set is acknowledged and forgotten; only the firing one is kept.
+            assert [dict(t.alert.labels)["severity"] for t in sink._tracked.values()] == ["critical"]
+        finally:
+            await sink.close(2.0)
