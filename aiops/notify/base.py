@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -24,16 +25,21 @@ class Sink(Protocol):
 
 
 def alert_key(alert: Alert) -> str:
-    """A stable idempotency key: the same alert (incident, status, event time) always gets the same key,
+    """A stable idempotency key: the same alert (incident, labels, status, event time) always gets the same key,
     so a receiver can drop the repeats a restart or a retry produces.
+
+    The labels are part of it because one incident has several alerts (its own and an escalation,
+    say) that may share a status and an event time; receivers must not take one for a repeat of
+    the other. Annotations are not: they describe an alert, they do not make it another one.
 
     >>> from aiops.records import AlertStatus
     >>> a = Alert(ts=1.0, incident_id="inc-1", status=AlertStatus.FIRING, labels=(), annotations=())
-    >>> alert_key(a) == alert_key(a), len(alert_key(a))
-    (True, 32)
+    >>> b = Alert(ts=1.0, incident_id="inc-1", status=AlertStatus.FIRING, labels=(("alertname", "X"),), annotations=())
+    >>> alert_key(a) == alert_key(a), alert_key(a) == alert_key(b), len(alert_key(a))
+    (True, False, 32)
     """
-    raw = f"{alert.incident_id}\x00{alert.status.value}\x00{alert.ts!r}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    raw = json.dumps([alert.incident_id, alert.status.value, repr(alert.ts), sorted(alert.labels)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def rfc3339(ts: float) -> str:

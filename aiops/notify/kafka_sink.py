@@ -1,7 +1,8 @@
 """Kafka alerts topic sink: each alert as a JSON message keyed by incident id.
 
-Keying by incident keeps every state of one incident in one partition, in order. The
-idempotency key travels in a header so consumers can drop the repeats a restart produces.
+Keying by incident keeps every state of one incident in one partition, in order (its escalations
+too). The idempotency key (one per alert: labels, status, event time) travels in a header so
+consumers can drop the repeats a restart produces.
 """
 
 from __future__ import annotations

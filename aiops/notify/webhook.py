@@ -7,7 +7,8 @@
   ``min(backoff_max_s, backoff_base_s * 2**attempt)`` up to ``max_attempts``; any other 4xx is
   a permanent refusal and is not retried.
 * **Idempotency** — every request carries ``Idempotency-Key`` (:func:`~aiops.notify.base.alert_key`),
-  the same for every retry and restart, so receivers can drop duplicates.
+  the same for every retry and restart, so receivers can drop duplicates; it covers the alert's
+  labels, so an incident's escalation is never taken for a repeat of the incident's own alert.
 * **Signature** — with a secret, ``X-Aiops-Signature: sha256=<hex HMAC-SHA256 of the body>``
   (the scheme GitHub webhooks use), so receivers can check the sender.
 """

@@ -110,3 +110,17 @@ async def test_gives_up_after_max_attempts() -> None:
         sink = WebhookSink(WebhookSettings(url=rx.url, backoff_base_s=0.001, max_attempts=3))
         await _run(sink, [_alert(1)])
         assert len(rx.requests) == 3 and sink.failed == 1
+
+
+async def test_an_escalation_and_the_incident_alert_at_the_same_time_have_their_own_keys() -> None:
+    own = Alert(ts=1000.0, incident_id="inc-1", status=AlertStatus.FIRING,
+                labels=(("alertname", "AiopsIncident"), ("severity", "warning")), annotations=())
+    escalation = Alert(ts=1000.0, incident_id="inc-1", status=AlertStatus.FIRING,
+                       labels=(("action", "scale_up"), ("alertname", "AiopsRemediationFailed")), annotations=())
+    async with Receiver() as rx:
+        sink = WebhookSink(WebhookSettings(url=rx.url))
+        await _run(sink, [own, escalation, own])
+        keys = [h["Idempotency-Key"] for h, _ in rx.requests]
+        # A receiver dropping repeats drops the repeated incident alert, never the escalation.
+        assert len(keys) == 3 and keys[0] == keys[2] != keys[1]
+        assert [json.loads(b)["idempotency_key"] for _, b in rx.requests] == keys
