@@ -134,6 +134,7 @@ def test_kafka_to_alertmanager_then_record_and_replay(
     port = free_port()
     config = {
         "rules_dir": str(REPO / "rules"),
+        "state_dir": str(tmp_path / "state"),
         "log_format": "json",
         "runtime": {"lateness_s": 300},
         "kafka": {"bootstrap": kafka_bootstrap, "group_id": f"aiops-{tag}", "auto_offset_reset": "earliest",

@@ -47,12 +47,13 @@ async def _run_until(daemon: LiveDaemon, records: int, timeout: float = 60) -> i
     return await asyncio.wait_for(runner, 30)
 
 
-async def test_restart_resumes_after_the_last_processed_offset(kafka_bootstrap: str) -> None:
+async def test_restart_resumes_after_the_last_processed_offset(kafka_bootstrap: str, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     topic = f"restart-{tag}"
     await create_topics(kafka_bootstrap, [topic])
     settings = load_settings(env={
-        "AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_KAFKA__BOOTSTRAP": kafka_bootstrap,
+        "AIOPS_RULES_DIR": str(REPO / "rules"), "AIOPS_STATE_DIR": str(tmp_path / "state"),
+        "AIOPS_KAFKA__BOOTSTRAP": kafka_bootstrap,
         "AIOPS_KAFKA__METRICS_TOPIC": topic, "AIOPS_KAFKA__LOGS_TOPIC": "", "AIOPS_KAFKA__EVENTS_TOPIC": "",
         "AIOPS_KAFKA__GROUP_ID": f"g-{tag}", "AIOPS_KAFKA__AUTO_OFFSET_RESET": "earliest",
         "AIOPS_KAFKA__COMMIT_INTERVAL_S": "3600",  # only the shutdown commit can save the position
