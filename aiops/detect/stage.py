@@ -212,20 +212,22 @@ class MetricDetectStage:
 
     # -- state ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Versioned, JSON-able state of every series."""
+        """Versioned state of every series; per-series numbers as numpy array copies (see
+        :meth:`BatchScorer.snapshot`), names and keys as plain lists."""
         n = len(self._meta)
         return {
             "version": self.SNAPSHOT_VERSION,
             "scorer": self.scorer.snapshot(),
             "series": [[k, s, m, kind.value] for k, s, m, kind in self._meta],
-            "state": {k: v[:n].tolist() for k, v in self._st.items()},
+            "state": {k: v[:n].copy() for k, v in self._st.items()},
             "duplicates": self.duplicates,
         }
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any], settings: DetectSettings,
                       overrides: Sequence[MetricOverride] = ()) -> MetricDetectStage:
-        """Rebuild the stage from :meth:`snapshot` output; today's settings and overrides apply."""
+        """Rebuild the stage from :meth:`snapshot` output (arrays or the older lists); today's settings
+        and overrides apply."""
         if data.get("version") != cls.SNAPSHOT_VERSION:
             raise ValueError(f"unsupported detect snapshot version {data.get('version')!r}")
         obj = cls(settings, overrides)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from aiops.config import DetectSettings
 from aiops.detect import MetricDetectStage, MetricOverride
 from aiops.records import PointKind, SeriesPoint, Signal, SignalKind
+
+from .snapshots import as_old_lists, through_checkpoint
 
 STEP = 15.0
 SETTINGS = DetectSettings()
@@ -66,7 +70,7 @@ def test_snapshot_restore_gives_same_output() -> None:
     whole = run(MetricDetectStage(SETTINGS), series)
     first = MetricDetectStage(SETTINGS)
     head = run(first, series, 0, 270)
-    snap = json.loads(json.dumps(first.snapshot()))
+    snap = through_checkpoint(first.snapshot())
     restored = MetricDetectStage.from_snapshot(snap, SETTINGS)
     tail = run(restored, series, 270)
     assert head + tail == whole
@@ -200,7 +204,7 @@ def test_restored_stage_follows_todays_overrides() -> None:
     series = {"r": (PointKind.RATE, "http_requests_total:rate", vals)}
     first = MetricDetectStage(SETTINGS)
     run(first, series, 0, 250)
-    snap = json.loads(json.dumps(first.snapshot()))
+    snap = through_checkpoint(first.snapshot())
     same = MetricDetectStage.from_snapshot(snap, SETTINGS)
     assert [s.direction for s in run(same, series, 250) if s.end_ts is None] == ["down"]
     up_only = MetricDetectStage.from_snapshot(snap, SETTINGS, [MetricOverride("http_requests_total:*", direction="up")])
@@ -211,5 +215,39 @@ def test_snapshot_of_many_series_restores() -> None:
     stage = MetricDetectStage(SETTINGS)
     for t in range(50):
         stage.process(t * STEP, [pt(t * STEP, f"s{j}", 1.0 + 0.01 * ((t + j) % 3)) for j in range(40)])
-    restored = MetricDetectStage.from_snapshot(json.loads(json.dumps(stage.snapshot())), SETTINGS)
-    assert restored.series_count == 40 and restored.snapshot() == stage.snapshot()
+    restored = MetricDetectStage.from_snapshot(through_checkpoint(stage.snapshot()), SETTINGS)
+    assert restored.series_count == 40
+    _assert_same_snapshot(restored.snapshot(), stage.snapshot())
+
+
+def _assert_same_snapshot(a: Any, b: Any) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_snapshot(a[k], b[k])
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
+
+
+def test_old_list_snapshots_still_restore() -> None:
+    series = mixed()
+    whole = run(MetricDetectStage(SETTINGS), series)
+    first = MetricDetectStage(SETTINGS)
+    head = run(first, series, 0, 270)
+    snap = first.snapshot()
+    old = {**snap, "scorer": as_old_lists(snap["scorer"]), "state": {k: v.tolist() for k, v in snap["state"].items()}}
+    restored = MetricDetectStage.from_snapshot(json.loads(json.dumps(old)), SETTINGS)
+    assert head + run(restored, series, 270) == whole
+
+
+def test_snapshot_is_fast_for_many_series() -> None:
+    # issue 8: building lists of every series' profile stalled the live loop for seconds
+    stage = MetricDetectStage(SETTINGS)
+    stage.process(0.0, [pt(0.0, f"s{j}", 1.0) for j in range(20_000)])
+    t0 = time.perf_counter()
+    snap = stage.snapshot()
+    took = time.perf_counter() - t0
+    assert snap["scorer"]["season"].shape[0] == 20_000
+    assert took < 0.5, took  # lists took ~2 s here; array copies take ~20 ms
