@@ -1,8 +1,14 @@
-"""A whole :class:`~aiops.runtime.pipeline.Pipeline` as one snapshot, and back.
+"""A whole :class:`~aiops.runtime.pipeline.Pipeline` as one snapshot, and back; or either half alone.
 
 The snapshot composes every stage's own ``snapshot()`` (deriver, metric detector, log stage,
 correlator, decider) with what the pipeline itself holds between records: the reorder buffer's
-pending records and watermark, the step cursor (the first step not yet closed) and the counters.
+pending records and watermark, the step cursor (the first step not yet closed), the signals and
+changes of the step not yet closed, and the counters. Scale-out (docs/scale-out.md) keeps the two
+halves apart: :func:`snapshot_detect` / :func:`restore_detect` for a partition's
+:class:`~aiops.runtime.pipeline.DetectHalf`, :func:`snapshot_correlate` /
+:func:`restore_correlate` for the one :class:`~aiops.runtime.pipeline.CorrelateHalf`. A whole
+pipeline's snapshot is the union of its halves' (same keys), so either half can also be restored
+from it.
 Restoring it into a *new* pipeline built with the same settings, rules and topology, then
 feeding the rest of the input, gives exactly the decisions an uninterrupted run gives
 (``tests/state/test_resume.py`` checks this on a generated scenario).
@@ -52,22 +58,27 @@ from aiops.drift.monitor import DriftMonitor
 from aiops.drift.records import PredictionRecord
 from aiops.logs.stage import LogStage
 from aiops.records import ChangeEvent, LogRecord, MetricSample, Record
-from aiops.runtime.pipeline import Pipeline, PipelineStats
+from aiops.runtime.pipeline import CorrelateHalf, DetectHalf, Pipeline, PipelineStats
 from aiops.runtime.reorder import ReorderBuffer
+from aiops.runtime.signals_topic import item_from_plain, item_to_plain
 from aiops.state.base import CheckpointStore, Offsets
 from aiops.state.envelope import Checkpoint
 
 SNAPSHOT_VERSION = 1
 _PACK_MIN = 64  # shorter lists stay JSON: arrays only pay off when there are many numbers
 
-STAGES = ("deriver", "detect", "logs", "drift", "correlator", "decider")
-"""Pipeline attributes holding stage state, each with ``snapshot()``/``from_snapshot()``."""
+DETECT_STAGES = ("deriver", "detect", "logs", "drift")
+CORRELATE_STAGES = ("correlator", "decider")
+STAGES = DETECT_STAGES + CORRELATE_STAGES
+"""Stage attributes holding state, each with ``snapshot()``/``from_snapshot()``."""
 
-COVERED = frozenset({*STAGES, "reorder", "stats", "_next_step"})
-"""Every pipeline attribute that changes while records flow; the rest is configuration.
+DETECT_COVERED = frozenset({*DETECT_STAGES, "reorder", "stats", "_next_step", "_pending"})
+CORRELATE_COVERED = frozenset({*CORRELATE_STAGES, "stats"})
+COVERED = frozenset({"detect_half", "correlate_half"})
+"""Every attribute that changes while records flow (of a pipeline, and of each half); the rest is configuration.
 
-A test compares this with the attributes of a live :class:`Pipeline`, so a stage added there
-without being added here fails loudly instead of being silently forgotten at restart.
+A test compares these with the attributes of live objects, so a stage added there without
+being added here fails loudly instead of being silently forgotten at restart.
 """
 
 
@@ -75,19 +86,31 @@ class IncompatibleState(ValueError):
     """A snapshot this build cannot restore (other version, other step, missing or malformed parts)."""
 
 
-def snapshot_pipeline(p: Pipeline) -> dict[str, Any]:
-    """Everything a new pipeline needs to continue exactly where ``p`` stands (plain JSON-able data)."""
-    # The stages' snapshots may share lists with live state: serialize (checkpoint) before feeding ``p`` again.
+def snapshot_detect(h: DetectHalf) -> dict[str, Any]:
+    """Everything a new detect half needs to continue exactly where ``h`` stands (plain data + arrays)."""
+    # The stages' snapshots may share lists with live state: serialize (checkpoint) before feeding ``h`` again.
     return {
         "version": SNAPSHOT_VERSION,
-        "step_s": p.step_s,
-        "next_step": p._next_step,
-        "stats": asdict(p.stats),
-        "reorder": _reorder_out(p.reorder),
-        **{name: getattr(p, name).snapshot() for name in STAGES if name != "detect"},
+        "step_s": h.step_s,
+        "next_step": h._next_step,
+        "stats": asdict(h.stats),
+        "reorder": _reorder_out(h.reorder),
+        "pending": [item_to_plain(x) for x in h._pending],
+        **{name: getattr(h, name).snapshot() for name in DETECT_STAGES if name != "detect"},
         # Baselines are millions of numbers: as arrays the envelope stores them as bytes, not JSON text.
-        "detect": _pack(p.detect.snapshot()),
+        "detect": _pack(h.detect.snapshot()),
     }
+
+
+def snapshot_correlate(h: CorrelateHalf) -> dict[str, Any]:
+    """Everything a new correlate half needs to continue where ``h`` stands."""
+    return {"version": SNAPSHOT_VERSION, "stats": asdict(h.stats),
+            **{name: getattr(h, name).snapshot() for name in CORRELATE_STAGES}}
+
+
+def snapshot_pipeline(p: Pipeline) -> dict[str, Any]:
+    """Everything a new pipeline needs to continue exactly where ``p`` stands (plain JSON-able data)."""
+    return {**snapshot_correlate(p.correlate_half), **snapshot_detect(p.detect_half)}
 
 
 def _pack(x: Any) -> Any:
@@ -106,38 +129,87 @@ def _pack(x: Any) -> Any:
     return x
 
 
+def _check_version(data: dict[str, Any]) -> None:
+    if data.get("version") != SNAPSHOT_VERSION:
+        raise IncompatibleState(f"pipeline snapshot version {data.get('version')!r}, "
+                                f"this build reads {SNAPSHOT_VERSION}")
+
+
+def _stats_in(data: dict[str, Any]) -> PipelineStats:
+    return PipelineStats(**{**data, "signals_by_kind": dict(data["signals_by_kind"])})
+
+
+def _build_detect(h: DetectHalf, data: dict[str, Any]) -> dict[str, Any]:
+    _check_version(data)
+    if float(data["step_s"]) != h.step_s:
+        raise IncompatibleState(f"state was saved with step {data['step_s']} s, this pipeline uses {h.step_s} s")
+    s, rt = h.settings, h.settings.runtime
+    next_step = data["next_step"]
+    return {
+        "deriver": MetricDeriver.from_snapshot(data["deriver"], h.step_s, rt.stale_steps, rt.max_gap_steps,
+                                               h.rejects),
+        "detect": MetricDetectStage.from_snapshot(data["detect"], s.detect, h.detect.overrides),
+        "logs": LogStage.from_snapshot(data["logs"], s.logs),
+        "drift": DriftMonitor.from_snapshot(data["drift"], s.drift),
+        "reorder": _reorder_in(data["reorder"], rt.lateness_s, h),
+        "stats": _stats_in(data["stats"]),
+        # Older snapshots fed these straight to the correlator: nothing was pending then.
+        "_pending": [item_from_plain(x) for x in data.get("pending", ())],
+        "_next_step": None if next_step is None else int(next_step),
+    }
+
+
+def _build_correlate(h: CorrelateHalf, data: dict[str, Any]) -> dict[str, Any]:
+    _check_version(data)
+    s = h.settings
+    return {
+        "correlator": Correlator.from_snapshot(data["correlator"], s.correlate, h.correlator.topology),
+        "decider": Decider.from_snapshot(data["decider"], h.decider.rules, s.act),
+        "stats": _stats_in(data["stats"]),
+    }
+
+
+def _guarded(build: Any, h: Any, data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return dict(build(h, data))
+    except IncompatibleState:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise IncompatibleState(f"{type(exc).__name__}: {exc}") from exc
+
+
+def restore_detect(h: DetectHalf, data: dict[str, Any]) -> None:
+    """Replace ``h``'s state with ``data`` (from :func:`snapshot_detect` or :func:`snapshot_pipeline`).
+
+    All or nothing: raises :class:`IncompatibleState` and leaves ``h`` untouched if unusable.
+    """
+    for name, value in _guarded(_build_detect, h, data).items():
+        setattr(h, name, value)
+
+
+def restore_correlate(h: CorrelateHalf, data: dict[str, Any]) -> None:
+    """Replace ``h``'s state with ``data`` (from :func:`snapshot_correlate` or :func:`snapshot_pipeline`).
+
+    ``h`` supplies today's settings, rules and topology (the saved topology is merged with it).
+    All or nothing: raises :class:`IncompatibleState` and leaves ``h`` untouched if unusable.
+    """
+    for name, value in _guarded(_build_correlate, h, data).items():
+        setattr(h, name, value)
+
+
 def restore_pipeline(p: Pipeline, data: dict[str, Any]) -> None:
     """Replace ``p``'s state with ``data`` (from :func:`snapshot_pipeline`); all or nothing.
 
     ``p`` supplies today's settings, rules and topology (the saved topology is merged with it).
     Raises :class:`IncompatibleState` and leaves ``p`` untouched if the state cannot be used.
     """
-    try:
-        if data.get("version") != SNAPSHOT_VERSION:
-            raise IncompatibleState(f"pipeline snapshot version {data.get('version')!r}, "
-                                    f"this build reads {SNAPSHOT_VERSION}")
-        if float(data["step_s"]) != p.step_s:
-            raise IncompatibleState(f"state was saved with step {data['step_s']} s, this pipeline uses {p.step_s} s")
-        s, rt = p.settings, p.settings.runtime
-        built: dict[str, Any] = {
-            "deriver": MetricDeriver.from_snapshot(data["deriver"], p.step_s, rt.stale_steps, rt.max_gap_steps,
-                                                   p.rejects),
-            "detect": MetricDetectStage.from_snapshot(data["detect"], s.detect, p.detect.overrides),
-            "logs": LogStage.from_snapshot(data["logs"], s.logs),
-            "drift": DriftMonitor.from_snapshot(data["drift"], s.drift),
-            "correlator": Correlator.from_snapshot(data["correlator"], s.correlate, p.correlator.topology),
-            "decider": Decider.from_snapshot(data["decider"], p.decider.rules, s.act),
-            "reorder": _reorder_in(data["reorder"], rt.lateness_s, p),
-            "stats": PipelineStats(**{**data["stats"], "signals_by_kind": dict(data["stats"]["signals_by_kind"])}),
-        }
-        next_step = data["next_step"]
-        built["_next_step"] = None if next_step is None else int(next_step)
-    except IncompatibleState:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise IncompatibleState(f"{type(exc).__name__}: {exc}") from exc
-    for name, value in built.items():
-        setattr(p, name, value)
+    detect = _guarded(_build_detect, p.detect_half, data)
+    correlate = _guarded(_build_correlate, p.correlate_half, data)
+    correlate["stats"] = detect["stats"]  # one set of counters for the whole pipeline, as before the split
+    for name, value in detect.items():
+        setattr(p.detect_half, name, value)
+    for name, value in correlate.items():
+        setattr(p.correlate_half, name, value)
 
 
 def checkpoint(p: Pipeline, store: CheckpointStore, offsets: Offsets | None = None) -> None:
@@ -177,8 +249,8 @@ def _reorder_out(rb: ReorderBuffer) -> dict[str, Any]:
             "records": [_record_out(r) for _, _, r in pending]}
 
 
-def _reorder_in(data: dict[str, Any], lateness_s: float, p: Pipeline) -> ReorderBuffer:
-    rb = ReorderBuffer(lateness_s, p.rejects)
+def _reorder_in(data: dict[str, Any], lateness_s: float, h: DetectHalf) -> ReorderBuffer:
+    rb = ReorderBuffer(lateness_s, h.rejects)
     rb._heap = [(r.ts, i, r) for i, r in enumerate(_record_in(x) for x in data["records"])]
     heapq.heapify(rb._heap)  # already sorted, so already a heap; cheap insurance
     rb._seq = itertools.count(len(rb._heap))

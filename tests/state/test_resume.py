@@ -26,11 +26,17 @@ from aiops.scenario.generate import generate
 from aiops.sources.scenario import Scenario, load_scenario, read_records
 from aiops.state import FileCheckpointStore, MemoryCheckpointStore
 from aiops.state.pipeline_state import (
+    CORRELATE_COVERED,
     COVERED,
+    DETECT_COVERED,
     IncompatibleState,
     checkpoint,
+    restore_correlate,
+    restore_detect,
     restore_pipeline,
     resume,
+    snapshot_correlate,
+    snapshot_detect,
     snapshot_pipeline,
 )
 
@@ -62,8 +68,12 @@ def _fingerprint(decisions: list[Decision]) -> list[str]:
 
 
 def _state(p: Pipeline) -> str:
+    return _plain(snapshot_pipeline(p))
+
+
+def _plain(state: dict) -> str:
     # Numbers compared as floats: a baseline that starts as the int 6 comes back as 6.0 (same value).
-    text = json.dumps(snapshot_pipeline(p), default=lambda a: a.tolist())  # numpy arrays as lists
+    text = json.dumps(state, default=lambda a: a.tolist())  # numpy arrays as lists
     return json.dumps(json.loads(text, parse_int=float), sort_keys=True)
 
 
@@ -153,6 +163,8 @@ def test_every_moving_part_of_the_pipeline_is_covered(run: Run) -> None:
     p.feed_many(run.records[:1000])
     configuration = {"settings", "step_s", "rejects", "registry"}
     assert set(vars(p)) - configuration == COVERED, "a Pipeline attribute is neither state nor configuration"
+    assert set(vars(p.detect_half)) - configuration == DETECT_COVERED, "a DetectHalf attribute is not covered"
+    assert set(vars(p.correlate_half)) - configuration == CORRELATE_COVERED, "a CorrelateHalf attribute is not covered"
 
 
 def test_incompatible_state_is_refused_and_leaves_pipeline_untouched(run: Run) -> None:
@@ -186,3 +198,35 @@ def test_resume_sets_aside_a_refused_checkpoint_and_uses_the_previous_one(run: R
     empty = MemoryCheckpointStore(logger=QUIET)
     empty.save({"version": 99})
     assert resume(_pipeline(run), empty) is None and empty.failures == {"incompatible_state": 1}
+
+
+def test_each_half_restores_on_its_own(run: Run) -> None:
+    """Halves checkpointed separately (as scale-out does) and restored into new halves continue exactly."""
+    cut = _cut_at(run, run.fault_start + 300)  # mid-incident: open signals, an open incident, a pending step
+    p = _pipeline(run)
+    before = p.feed_many(run.records[:cut])
+    detect_state = json.loads(json.dumps(snapshot_detect(p.detect_half), default=lambda a: a.tolist()))
+    correlate_state = json.loads(json.dumps(snapshot_correlate(p.correlate_half)))
+    q = _pipeline(run)
+    restore_detect(q.detect_half, detect_state)
+    restore_correlate(q.correlate_half, correlate_state)
+    q.stats = q.detect_half.stats  # one set of counters, as restore_pipeline does
+    after = q.feed_many(run.records[cut:]) + q.finish()
+    assert _fingerprint(before + after) == _fingerprint(run.decisions)
+    assert _state(q) == run.final_state
+
+
+def test_a_half_restores_from_a_whole_pipeline_snapshot_and_refuses_bad_state(run: Run) -> None:
+    p = _pipeline(run)
+    p.feed_many(run.records[:4000])
+    whole = snapshot_pipeline(p)
+    q = _pipeline(run)
+    restore_detect(q.detect_half, whole)
+    assert _plain(snapshot_detect(q.detect_half)) == _plain(snapshot_detect(p.detect_half))
+    fresh = _pipeline(run)
+    for broken in [{**whole, "pending": [["nonsense"]]}, {**whole, "version": 2}]:
+        with pytest.raises(IncompatibleState):
+            restore_detect(fresh.detect_half, broken)
+    with pytest.raises(IncompatibleState):
+        restore_correlate(fresh.correlate_half, {**whole, "decider": None})
+    assert fresh.detect_half.next_step is None and fresh.stats.incidents == 0
