@@ -45,8 +45,9 @@ class Receiver:
             self.got.append((a["labels"]["incident_id"], a["status"], a))
         return web.Response(status=200)
 
-    def statuses(self, incident: str) -> list[str]:
-        return [status for i, status, _ in self.got if i == incident]
+    def statuses(self, incident: str, **labels: str) -> list[str]:
+        return [status for i, status, a in self.got
+                if i == incident and all(a["labels"].get(k) == v for k, v in labels.items())]
 
 
 @dataclass
@@ -83,8 +84,8 @@ async def _until(cond, timeout: float, what: str) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.1)
 
 
-def _alert(incident: str, ts: float, status: AlertStatus = AlertStatus.FIRING) -> Alert:
-    return Alert(ts=ts, incident_id=incident, status=status, labels=(("severity", "page"), ("service", "api")),
+def _alert(incident: str, ts: float, status: AlertStatus = AlertStatus.FIRING, severity: str = "page") -> Alert:
+    return Alert(ts=ts, incident_id=incident, status=status, labels=(("severity", severity), ("service", "api")),
                  annotations=(("summary", "api error ratio up"),))
 
 
@@ -115,19 +116,23 @@ async def test_alerts_decided_while_alertmanager_is_down_arrive_once_it_is_back(
     await sink.start()
     sending = asyncio.create_task(sink.run())
     tag = uuid.uuid4().hex[:6]
-    before, during = f"inc-{tag}-before", f"inc-{tag}-during"
+    before, during, risen = f"inc-{tag}-before", f"inc-{tag}-during", f"inc-{tag}-risen"
     now = time.time()
     try:
         sink.send(_alert(before, now - 300))
+        sink.send(_alert(risen, now - 300, severity="ticket"))
         await _until(lambda: receiver.statuses(before) == ["firing"], 30, "the first alert's notification")
+        await _until(lambda: receiver.statuses(risen) == ["firing"], 30, "the second alert's notification")
 
         am.stop()
         down = time.monotonic()
         # Decided during the outage: a new incident fires, the first one resolves.
         sink.send(_alert(during, now - 60))
         sink.send(_alert(before, now - 30, AlertStatus.RESOLVED))
+        # ... and one rises from ticket to page: a new label set, the old one to be resolved.
+        sink.send(_alert(risen, now - 20, severity="page"))
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
-        assert sink.pending == 2, "both changes wait for Alertmanager"
+        assert sink.pending == 4, "every change (both of the risen incident's label sets) waits for Alertmanager"
         assert metrics.registry.get_sample_value(
             "aiops_sink_sent_total", {"sink": "alertmanager", "outcome": "error"}) >= 2
         am.start()
@@ -135,6 +140,12 @@ async def test_alerts_decided_while_alertmanager_is_down_arrive_once_it_is_back(
         await _until(lambda: receiver.statuses(during) == ["firing"], 90, "the alert fired during the outage")
         await _until(lambda: receiver.statuses(before) == ["firing", "resolved"], 90,
                      "the resolution decided during the outage")
+        # The on-call engineer sees the ticket resolved, not left firing until it expires (4 resends later).
+        await _until(lambda: receiver.statuses(risen, severity="ticket")[-1:] == ["resolved"]
+                     and receiver.statuses(risen, severity="page")[-1:] == ["firing"], 90, "the severity rise")
+        sink.send(_alert(risen, time.time(), AlertStatus.RESOLVED, severity="page"))
+        await _until(lambda: receiver.statuses(risen, severity="page")[-1:] == ["resolved"], 30,
+                     "the risen incident's resolution")
         sink.send(_alert(during, time.time(), AlertStatus.RESOLVED))
         await _until(lambda: receiver.statuses(during) == ["firing", "resolved"], 30, "the last resolution")
         await asyncio.sleep(3.0)  # a duplicate notification would arrive now (group_interval 1 s)
@@ -153,3 +164,6 @@ async def test_alerts_decided_while_alertmanager_is_down_arrive_once_it_is_back(
         assert len({a["startsAt"] for a in alerts}) == 1
         assert alerts[0]["labels"] == {"alertname": "AiopsIncident", "incident_id": incident,
                                        "service": "api", "severity": "page"}
+    # The risen incident: two label sets, each announced once and resolved once; never both firing after the rise.
+    assert receiver.statuses(risen, severity="ticket") == ["firing", "resolved"]
+    assert receiver.statuses(risen, severity="page") == ["firing", "resolved"]
