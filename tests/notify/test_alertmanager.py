@@ -8,9 +8,12 @@ import json
 import time
 
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiops.config import AlertmanagerSettings
-from aiops.notify.alertmanager import AlertmanagerSink
+from aiops.notify.alertmanager import ENDS_AT_RESENDS, AlertmanagerSink
+from aiops.notify.base import rfc3339
 from aiops.records import Alert, AlertStatus
 
 
@@ -217,5 +220,62 @@ async def test_a_label_change_during_an_outage_reaches_alertmanager_as_both_stat
             assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [critical]
             # The resolved old label set is acknowledged and forgotten; only the firing one is kept.
             assert [dict(t.alert.labels)["severity"] for t in sink._tracked.values()] == ["critical"]
+        finally:
+            await sink.close(2.0)
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("own"), st.integers(0, 2), st.sampled_from(["warning", "critical"]), st.sampled_from("ab")),
+    st.tuples(st.just("escalate"), st.integers(0, 2), st.sampled_from(["scale_up", "rollback"])),
+    st.tuples(st.just("resolve"), st.integers(0, 2), st.sampled_from(["warning", "critical"])),
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("down")),
+    st.tuples(st.just("up")),
+), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_OPS)
+def test_alertmanager_ends_up_with_what_is_firing(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Any story of incidents (label changes, escalations, resolutions, outages): after every resend
+    Alertmanager holds exactly the firing label sets, each incident's newest one and its escalations.
+    Each step is longer than a post's ``endsAt`` horizon, so what is not re-sent has expired."""
+    asyncio.run(_story(ops))
+
+
+async def _story(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    own: dict[str, dict[str, str]] = {}  # incident -> labels of its firing own alert
+    escalations: dict[str, list[dict[str, str]]] = {}
+    async with FakeAM() as am:
+        now = [0.0]
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=60), clock=lambda: now[0])
+        await sink.start()
+        try:
+            for i, op in enumerate(ops):
+                now[0] = 10_000.0 + i * (ENDS_AT_RESENDS + 1) * 60
+                ts = now[0] - 1.0
+                if op[0] == "own":
+                    inc = f"inc-{op[1]}"
+                    own[inc] = {**INCIDENT, "incident_id": inc, "severity": op[2], "service": op[3]}
+                    sink.send(_labelled(inc, ts, own[inc]))
+                elif op[0] == "escalate" and f"inc-{op[1]}" in own:  # only an open incident escalates
+                    inc = f"inc-{op[1]}"
+                    labels = {**ESCALATION, "action": op[2]}
+                    escalations.setdefault(inc, []).append({**labels, "incident_id": inc})
+                    sink.send(_labelled(inc, ts, labels))
+                elif op[0] == "resolve" and f"inc-{op[1]}" in own:
+                    inc = f"inc-{op[1]}"
+                    sink.send(_labelled(inc, ts, {**own.pop(inc), "severity": op[2]}, AlertStatus.RESOLVED))
+                    escalations.pop(inc, None)
+                elif op[0] in ("down", "up"):
+                    am.up = op[0] == "up"
+                elif op[0] == "flush":
+                    await sink.flush(resend_all=True)
+                if op[0] == "flush" and am.up:
+                    expected = list(own.values()) + [e for es in escalations.values() for e in es]
+                    unique = {tuple(sorted(e.items())): e for e in expected}
+                    assert _firing(am.accepted, rfc3339(now[0])) == [unique[k] for k in sorted(unique)]
+                    assert sink.pending == 0 and len(sink._tracked) == len(unique)
+                    assert sorted(sink.firing) == sorted({e["incident_id"] for e in expected})
         finally:
             await sink.close(2.0)
