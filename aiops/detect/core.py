@@ -299,7 +299,12 @@ class BatchScorer:
             dt = np.where(a["s_dt"][i] > 0, a["s_dt"][i], width)
             per_visit = np.maximum(1.0, width / dt)
             v_rate = 1.0 - (1.0 - p.season_alpha) ** (1.0 / per_visit)
-            self._season[i, b] = np.where(np.isfinite(prof), prof + v_rate * (x - prof), x).astype(np.float32)
+            # a bin learns what the series usually does at that time of day: like the level, from
+            # residuals clipped at `clip` seasonal scales, so a spike today is not tomorrow's
+            # expectation (unclipped, half of it stayed in the bin and the next day's normal
+            # value looked like a drop against it)
+            step = np.clip(x - prof, -s_lim, s_lim)
+            self._season[i, b] = np.where(np.isfinite(prof), prof + v_rate * step, x).astype(np.float32)
             gap = t - a["s_t"][i]
             ok_gap = ~first & (gap > 0) & (gap < width)
             a["s_dt"][i] = np.where(ok_gap, np.where(a["s_dt"][i] > 0, a["s_dt"][i] + 0.1 * (gap - a["s_dt"][i]), gap),

@@ -152,3 +152,22 @@ def test_a_score_that_climbs_over_a_few_samples_fires_once() -> None:
         scores = np.array([s.update(idx, vals[k : k + 1], k * 60.0).score[0] for k in range(len(vals))])
         fires.append(int((scores[900:915] >= 0.5).sum()))
     assert fires[0] > 1 and fires[1] == 1
+
+
+def test_a_spike_does_not_become_tomorrows_expectation() -> None:
+    # a daily pattern with one large spike on day 3: on day 4 at that time of day the ordinary
+    # value must not look like a drop against a profile that learned the spike
+    step = 300.0
+    n = int(5 * DAY / step)
+    t = np.arange(n) * step
+    rng = np.random.default_rng(5)
+    vals = 50 + 20 * np.sin(2 * np.pi * t / DAY) + rng.standard_normal(n)
+    spike = int(2.5 * DAY / step)
+    vals[spike] += 500.0
+    s = BatchScorer()
+    idx = s.add_series(1)
+    out = [s.update(idx, vals[k : k + 1], t[k]) for k in range(n)]
+    assert out[spike].score[0] > 0.5  # the spike itself is news
+    next_day = spike + int(DAY / step)
+    assert out[next_day].score[0] < 0.1, out[next_day].score[0]
+    assert abs(out[next_day].z[0]) < 4
