@@ -184,6 +184,17 @@ class LiveSettings(BaseModel):
         30.0, gt=0, description="wall time between checkpoints of the pipeline state (and the offset commits "
         "that follow them); one is also taken at shutdown")
     checkpoint_keep: int = Field(1, ge=0, description="older checkpoint generations kept as fallbacks")
+    # Added for scale-out (issue 8, docs/scale-out.md): several instances in one consumer group.
+    mode: Literal["single", "scale_out"] = Field(
+        "single", description="single: one pipeline, file checkpoints; scale_out: per-partition detection with "
+        "state in a Kafka changelog, one correlator (failover by a second consumer group) fed by a signals topic")
+    signals_topic: str = Field("aiops.signals", description="scale_out: the internal topic of closed steps "
+                               "(one partition; created if missing)")
+    changelog_topic: str = Field("aiops.state", description="scale_out: compacted topic holding per-partition "
+                                 "and correlator state (created if missing, with the input topics' partition count)")
+    stale_s: float = Field(0.0, ge=0, description="scale_out: a partition this far (event time) behind the most "
+                           "advanced one stops holding the correlator back; 0: never (it waits for the group to "
+                           "move a dead owner's partitions)")
 
 
 class Settings(BaseSettings):

@@ -572,13 +572,23 @@ def run_command(settings: Settings, *, out: Path | None, kafka: bool, step_s: fl
         print(f"aiops run: {exc}", file=sys.stderr)
         return 2
     topology = Topology.from_mapping(rules.topology_mapping())
+    if settings.live.mode == "scale_out" and not kafka:
+        print("aiops run: live.mode scale_out splits work by Kafka partition; it needs the Kafka source",
+              file=sys.stderr)
+        return 2
 
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
         stream = out.open("a", encoding="utf-8") if out is not None else None
         try:
-            daemon = LiveDaemon(settings, rules, topology, out=stream, kafka=kafka, step_s=step_s)
+            daemon: LiveDaemon
+            if settings.live.mode == "scale_out":
+                from aiops.runtime.scaleout import ScaleOutDaemon
+
+                daemon = ScaleOutDaemon(settings, rules, topology, out=stream, step_s=step_s)
+            else:
+                daemon = LiveDaemon(settings, rules, topology, out=stream, kafka=kafka, step_s=step_s)
             tune_gc()
             return await daemon.run(stop)
         finally:

@@ -7,9 +7,11 @@ progress (``through``: every step up to this one is closed on that partition). S
 nothing in them are not listed; ``through`` says they are closed all the same.
 
 ``idle_through`` is the progress of a partition whose half has not started yet (no record so
-far, e.g. a partition no service hashes to): its owner vouches that nothing older than its own
-event time is waiting there, so the partition does not hold the correlator back. It never
-deduplicates anything: records that arrive later are the partition's first real steps.
+far, e.g. a partition no service hashes to) while its owner has read everything the partition
+holds: the owner vouches that nothing older than its own progress is waiting there, so the
+partition does not hold the correlator back. ``empty`` says the same from an owner that has no
+progress of its own to vouch with. Neither deduplicates anything: records that arrive later are
+the partition's first real steps.
 
 The bytes are versioned JSON (msgspec: typed, validated decoding in C). A message this build
 cannot read raises :class:`WireError` with a reason the consumer counts in
@@ -84,6 +86,7 @@ class _Message(msgspec.Struct, forbid_unknown_fields=False):
     through: int | None = None
     idle_through: int | None = None
     steps: list[_Step] = msgspec.field(default_factory=list)
+    empty: bool = False
 
 
 class _Version(msgspec.Struct, forbid_unknown_fields=False):
@@ -99,6 +102,7 @@ class PartitionSteps:
     through: int | None = None
     steps: tuple[ClosedStep, ...] = ()
     idle_through: int | None = None
+    empty: bool = False
 
 
 def _item_out(x: StepItem) -> _Item:
@@ -133,7 +137,7 @@ def encode_message(m: PartitionSteps) -> bytes:
     """The bytes of one message (compact JSON)."""
     return msgspec.json.encode(_Message(
         WIRE_VERSION, m.partition, m.step_s, m.through, m.idle_through,
-        [_Step(s.index, [_item_out(x) for x in s.items]) for s in m.steps]))
+        [_Step(s.index, [_item_out(x) for x in s.items]) for s in m.steps], m.empty))
 
 
 _decode_version = msgspec.json.Decoder(_Version)
@@ -159,7 +163,7 @@ def decode_message(data: bytes | None) -> PartitionSteps:
             raise ValueError("a step after 'through'")
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise WireError("invalid", str(exc)[:200]) from exc
-    return PartitionSteps(m.partition, m.step_s, m.through, steps, m.idle_through)
+    return PartitionSteps(m.partition, m.step_s, m.through, steps, m.idle_through, m.empty)
 
 
 __all__ = ["DEFAULT_TOPIC", "WIRE_VERSION", "PartitionSteps", "WireError", "decode_message", "encode_message",

@@ -33,7 +33,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ from aiops.observe.rejects import Rejects
 from aiops.records import Record
 
 log = structlog.get_logger(__name__)
+
+RebalanceHook = Callable[[set[TopicPartition]], Awaitable[None]]
+"""An async callback given the partitions a rebalance revoked or assigned."""
 
 REASON_HEADER = "aiops-reject-reason"
 """Dead-lettered messages carry the rejection reason in this header (plus detail and origin)."""
@@ -74,6 +77,9 @@ class KafkaBatch:
     offsets: dict[TopicPartition, int]  # next offset to read, per partition
     messages: int
     received: float = field(default=0.0)  # time.monotonic() at fetch, for the latency histogram
+    # Only with ``split_partitions``: the same records by partition number (topics are co-partitioned
+    # by service, so partition p of every topic feeds one per-partition pipeline in scale-out).
+    by_partition: dict[int, list[Record]] = field(default_factory=dict)
 
 
 def kafka_client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -127,12 +133,19 @@ class KafkaSource:
         *, fetch_timeout_ms: int = 500, max_line_bytes: int = 64 * 1024, align_slack_s: float = 30.0,
         confirm_s: float = 1.0, probe_interval_s: float = 1.0, probe_timeout_s: float = 2.0,
         commit_timeout_s: float = 5.0, predictions_topic: str | None = None,
+        split_partitions: bool = False, on_revoked: RebalanceHook | None = None,
+        on_assigned: RebalanceHook | None = None,
     ) -> None:
         self.settings = settings
         self.rejects = rejects
         self.metrics = metrics
         self.decoder = decoder_from(settings, max_line_bytes)
         self.fetch_timeout_ms = fetch_timeout_ms
+        self.split_partitions = split_partitions
+        # Called after the source's own rebalance handling (scale-out: checkpoint revoked partitions' state,
+        # restore assigned ones' and seek to the offsets it covers).
+        self.on_revoked = on_revoked
+        self.on_assigned = on_assigned
         self._kinds = {t: k for t, k in ((settings.metrics_topic, "metric"), (settings.logs_topic, "log"),
                                          (settings.events_topic, "event"),
                                          (predictions_topic, "prediction")) if t}
@@ -285,11 +298,14 @@ class KafkaSource:
                     break
         records: list[Record] = []
         offsets: dict[TopicPartition, int] = {}
+        by_partition: dict[int, list[Record]] = {}
         messages = 0
         for tp, held in self._held.items():
             while held and held[0].max_ts <= frontier and held[0].fetched <= confirmed:
                 h = held.popleft()
                 records.extend(h.records)
+                if self.split_partitions:
+                    by_partition.setdefault(tp.partition, []).extend(h.records)
                 offsets[tp] = h.offset + 1
                 messages += 1
         self._flow_control()
@@ -297,7 +313,10 @@ class KafkaSource:
             return None
         # Topics interleave by partition; a stable sort by event time spares the reorder buffer.
         records.sort(key=_ts)
-        return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received)
+        for part in by_partition.values():
+            part.sort(key=_ts)
+        return KafkaBatch(records=records, offsets=offsets, messages=messages, received=received,
+                          by_partition=by_partition)
 
     def _forget_held(self, tp: TopicPartition) -> None:
         """Drop what is held of a partition; if it comes back, reading resumes at the first dropped."""
@@ -504,11 +523,15 @@ class _KeepPosition(ConsumerRebalanceListener):  # type: ignore[misc]
         self.source = source
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.source.on_revoked is not None:
+            await self.source.on_revoked(set(revoked))
         for tp in revoked:
             self.source._forget_held(tp)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.source._resume_position(assigned)
+        if self.source.on_assigned is not None:
+            await self.source.on_assigned(set(assigned))
 
 
 def _ts(record: Record) -> float:
