@@ -224,6 +224,28 @@ async def test_a_label_change_during_an_outage_reaches_alertmanager_as_both_stat
             await sink.close(2.0)
 
 
+async def test_a_label_change_during_a_post_still_resolves_the_old_label_set() -> None:
+    async with FakeAM() as am:
+        sink = AlertmanagerSink(AlertmanagerSettings(urls=[am.url], resend_s=3600), retry_min_s=0.05,
+                                clock=lambda: 200.0)
+        await sink.start()
+        runner = asyncio.create_task(sink.run())
+        try:
+            am.hold = release = asyncio.Event()
+            sink.send(_labelled("inc-1", 100.0, INCIDENT))
+            await _until(lambda: am.hold is None)  # the first label set's firing post is in flight
+            critical = {**INCIDENT, "severity": "critical"}
+            sink.send(_labelled("inc-1", 150.0, critical))
+            release.set()
+            # The in-flight post acknowledged the old label set firing, not its resolution: that still goes out.
+            await _until(lambda: sink.pending == 0 and len(am.accepted) >= 3)
+            assert _firing(am.accepted, "1970-01-01T00:03:20.000Z") == [critical]
+            assert [dict(t.alert.labels)["severity"] for t in sink._tracked.values()] == ["critical"]
+        finally:
+            runner.cancel()
+            await sink.close(2.0)
+
+
 _OPS = st.lists(st.one_of(
     st.tuples(st.just("own"), st.integers(0, 2), st.sampled_from(["warning", "critical"]), st.sampled_from("ab")),
     st.tuples(st.just("escalate"), st.integers(0, 2), st.sampled_from(["scale_up", "rollback"])),
