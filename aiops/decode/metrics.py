@@ -67,10 +67,15 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True)
 class _Member:
-    """Latest per-second rate of one raw counter series and the step it belongs to."""
+    """Latest per-second rate of one raw counter series and the step it belongs to.
+
+    ``live`` turns false when the member is pruned from its group, so the series that feeds it
+    knows to insert a new one instead of updating this one in place.
+    """
 
     rate: float
     step: int
+    live: bool = True
 
 
 @dataclass(slots=True)
@@ -82,6 +87,30 @@ class _Route:
     is_error: bool  # a 5xx member of a family with a status label
     has_status: bool
     le: float | None  # bucket upper bound for histogram buckets
+
+
+class _Series:
+    """One raw series the deriver tracks: its last accepted sample and where its values go.
+
+    Everything a sample needs is found with the one lookup of its ``(name, labels)``: the last
+    value, the route (``_UNROUTED`` until computed: a restored deriver recomputes routes lazily),
+    the rate member it updates in place, and for a gauge its point key.
+    """
+
+    __slots__ = ("ts", "value", "route", "member", "gauge")
+
+    def __init__(self, ts: float, value: float, route: Any) -> None:
+        self.ts = ts
+        self.value = value
+        self.route = route
+        self.member: _Member | None = None
+        self.gauge: tuple[str | None, str] | None = None  # (service, point key) of a gauge
+
+
+def _gauge_key(name: str, labels: Labels) -> tuple[str | None, str]:
+    service = dict(labels).get("service")
+    key = name + "{" + ",".join(f"{k}={v}" for k, v in labels if k != "service") + "}"
+    return service, f"{service}/{key}"
 
 
 def _route(name: str, labels: Labels) -> _Route | None:
@@ -108,9 +137,14 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     >>> round(histogram_quantile(0.9, [(0.1, 50.0), (0.5, 80.0), (1.0, 100.0), (float("inf"), 100.0)]), 3)
     0.75
     """
+    return _quantiles((q,), buckets)[0]
+
+
+def _quantiles(qs: tuple[float, ...], buckets: list[tuple[float, float]]) -> list[float]:
+    """:func:`histogram_quantile` for several quantiles, sorting and accumulating the buckets once."""
     buckets = sorted(buckets)
     if not buckets or not math.isinf(buckets[-1][0]):
-        return math.nan
+        return [math.nan] * len(qs)
     # Counts from separate series can be slightly non-monotone (scrapes at different instants).
     cum, fixed = 0.0, []
     for le, c in buckets:
@@ -118,8 +152,11 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
         fixed.append((le, cum))
     total = fixed[-1][1]
     if total <= _EPS:
-        return math.nan
-    rank = q * total
+        return [math.nan] * len(qs)
+    return [_quantile(q * total, fixed) for q in qs]
+
+
+def _quantile(rank: float, fixed: list[tuple[float, float]]) -> float:
     lower_bound, lower_count = 0.0, 0.0
     for le, c in fixed:
         if c >= rank:
@@ -150,13 +187,14 @@ class MetricDeriver:
         self._warned: dict[str | None, float] = {}  # service (or _ALL) -> event time of its last warning
         self._refused: dict[str | None, int] = {}  # refused since that warning
         self._sweep_every = max(1, max_gap_steps // 4)  # steps between sweeps: a slot frees soon after max_gap
-        self._routes: dict[SeriesId, _Route | None] = {}
-        self._last: dict[SeriesId, tuple[float, float]] = {}  # series -> (ts, value) last accepted
+        self._last: dict[SeriesId, _Series] = {}  # every tracked series, with its last accepted sample
         self._rates: dict[GroupKey, dict[Labels, _Member]] = {}
         self._errors: dict[GroupKey, dict[Labels, _Member]] = {}
         self._status_groups: set[GroupKey] = set()
         self._hist: dict[GroupKey, dict[float, dict[Labels, _Member]]] = {}
-        self._gauges: dict[SeriesId, float] = {}  # values seen in the current step
+        self._gauges: dict[SeriesId, _Series] = {}  # gauges seen in the current step (value: ``.value``)
+        self._names: dict[GroupKey, _GroupNames] = {}  # point names of a counter group, built once
+        self._hist_names_cache: dict[GroupKey, _GroupNames] = {}  # of a histogram: (metric, key) per quantile
         self._step: int | None = None  # the step being filled
         self._ready: list[tuple[float, list[SeriesPoint]]] = []
 
@@ -165,69 +203,99 @@ class MetricDeriver:
         return int(math.floor(ts / self.step_s + 0.5))
 
     def add(self, sample: MetricSample) -> None:
-        step = self.step_of(sample.ts)
-        if self._step is None:
-            self._step = step
-        elif step > self._step:
-            self._close_until(step)
-        elif step < self._step:
-            self._rejects.reject("derive", "late_sample", detail=f"{sample.name} at {sample.ts}")
-            return
+        """Take one raw sample (event-time order); bad ones are counted in ``rejects`` and skipped."""
+        ts = sample.ts
+        # The hot path: one dict lookup per sample, no allocation for a known series.
+        step = int(math.floor(ts / self.step_s + 0.5))
+        current = self._step
+        if step != current:
+            if current is None:
+                self._step = step
+            elif step > current:
+                self._close_until(step)
+            else:
+                self._rejects.reject("derive", "late_sample", detail=f"{sample.name} at {ts}")
+                return
         value = sample.value
-        if math.isnan(value):
-            return  # a gap: the series' last rate stands in for it while fresh
-        if math.isinf(value):
-            self._rejects.reject("derive", "infinite_value", detail=f"{sample.name} at {sample.ts}")
+        if value != value:
+            return  # NaN, a gap: the series' last rate stands in for it while fresh
+        if value == _INF or value == -_INF:
+            self._rejects.reject("derive", "infinite_value", detail=f"{sample.name} at {ts}")
             return
         sid = (sample.name, sample.labels)
-        last = self._last.get(sid)
-        if last is not None and sample.ts <= last[0]:
-            reason = "duplicate_sample" if sample.ts == last[0] else "out_of_order_sample"
-            self._rejects.reject("derive", reason, detail=f"{sample.name}{dict(sample.labels)} at {sample.ts}")
+        series = self._last.get(sid)
+        if series is None:
+            self._add_first(sid, sample, value)
             return
-        service: str | None = None
-        if last is None:  # a series not tracked (yet): admitted only within the cardinality limits
-            service = _service_of(sample.labels)
-            if (self._per_service.get(service, 0) >= self.limits.max_series_per_service
-                    or len(self._last) >= self.limits.max_series):
-                self._refuse(service, sample)
-                return
-        route = self._routes.get(sid, _UNROUTED)
-        if route is _UNROUTED:
+        last_ts = series.ts
+        if ts <= last_ts:
+            reason = "duplicate_sample" if ts == last_ts else "out_of_order_sample"
+            self._rejects.reject("derive", reason, detail=f"{sample.name}{dict(sample.labels)} at {ts}")
+            return
+        route = series.route
+        if route is _UNROUTED:  # restored from a snapshot: routes are recomputed on the next sample
             route = _route(sample.name, sample.labels)
-            if route is not None and value < 0:  # checked below; not cached, so refused series cost no memory
-                self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
+            if route is not None and value < 0:  # checked below; not cached, as for a new series
+                self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {ts}: {value}")
                 return
-            self._routes[sid] = route
-            if route is not None and route.has_status:
+            series.route = route
+            if route is None:
+                series.gauge = _gauge_key(sample.name, sample.labels)
+            elif route.has_status:
                 self._status_groups.add(route.group)
-        if route is not None and value < 0:
-            # Counters never go below zero; a negative one would read as a reset to a negative rate.
-            self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
-            return
-        if last is None:
-            self._per_service[service] = self._per_service.get(service, 0) + 1
-        self._last[sid] = (sample.ts, value)
         if route is None:
-            self._gauges[sid] = sample.value
+            series.ts = ts
+            series.value = value
+            self._gauges[sid] = series
             return
-        if last is None:
-            return  # the first sample of a counter only sets its baseline
-        dt = sample.ts - last[0]
+        if value < 0:
+            # Counters never go below zero; a negative one would read as a reset to a negative rate.
+            self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {ts}: {value}")
+            return
+        last_value = series.value
+        series.ts = ts
+        series.value = value
+        dt = ts - last_ts
         if dt > self.max_gap_s:
             return  # too long a gap to average over: this sample is the new baseline
-        increase = value - last[1] if value >= last[1] else value  # reset
+        increase = value - last_value if value >= last_value else value  # reset
         rate = increase / dt
-        if rate == math.inf:  # a huge jump over a tiny interval: no float holds it
-            self._rejects.reject("derive", "rate_overflow", detail=f"{sample.name} at {sample.ts}")
+        if rate == _INF:  # a huge jump over a tiny interval: no float holds it
+            self._rejects.reject("derive", "rate_overflow", detail=f"{sample.name} at {ts}")
             return
-        member = _Member(rate, step)
+        member = series.member
+        if member is not None and member.live:
+            member.rate = rate
+            member.step = step
+            return
+        member = series.member = _Member(rate, step)
         if route.le is not None:
             self._hist.setdefault(route.group, {}).setdefault(route.le, {})[sample.labels] = member
         else:
             self._rates.setdefault(route.group, {})[sample.labels] = member
             if route.is_error:
                 self._errors.setdefault(route.group, {})[sample.labels] = member
+
+    def _add_first(self, sid: SeriesId, sample: MetricSample, value: float) -> None:
+        """The first sample of a series not tracked (yet): admitted only within the cardinality limits."""
+        labels = sample.labels
+        service = _service_of(labels)
+        if (self._per_service.get(service, 0) >= self.limits.max_series_per_service
+                or len(self._last) >= self.limits.max_series):
+            self._refuse(service, sample)
+            return
+        route = _route(sample.name, labels)
+        if route is not None and value < 0:  # refused series cost no memory
+            self._rejects.reject("derive", "negative_counter", detail=f"{sample.name} at {sample.ts}: {value}")
+            return
+        if route is not None and route.has_status:
+            self._status_groups.add(route.group)
+        self._per_service[service] = self._per_service.get(service, 0) + 1
+        series = self._last[sid] = _Series(sample.ts, value, route)
+        if route is None:
+            series.gauge = _gauge_key(sample.name, labels)
+            self._gauges[sid] = series
+        # The first sample of a counter only sets its baseline.
 
     def _refuse(self, service: str | None, sample: MetricSample) -> None:
         """Count a sample of a series beyond a limit; warn once per service per interval (event time)."""
@@ -283,13 +351,13 @@ class MetricDeriver:
             "version": self.SNAPSHOT_VERSION,
             "step_s": self.step_s,
             "step": self._step,
-            "last": [[name, _labels_out(lb), ts, v] for (name, lb), (ts, v) in self._last.items()],
+            "last": [[name, _labels_out(lb), x.ts, x.value] for (name, lb), x in self._last.items()],
             "rates": [[svc, name, members(m)] for (svc, name), m in self._rates.items()],
             "errors": [[svc, name, members(m)] for (svc, name), m in self._errors.items()],
             "status_groups": [[svc, name] for svc, name in self._status_groups],
             "hist": [[svc, base, [[le, members(m)] for le, m in by_le.items()]]
                      for (svc, base), by_le in self._hist.items()],
-            "gauges": [[name, _labels_out(lb), v] for (name, lb), v in self._gauges.items()],
+            "gauges": [[name, _labels_out(lb), x.value] for (name, lb), x in self._gauges.items()],
             "ready": [[ts, [[p.ts, p.key, p.service, p.metric, p.kind.value, p.value] for p in pts]]
                       for ts, pts in self._ready],
         }
@@ -312,13 +380,19 @@ class MetricDeriver:
             return {_labels_in(lb): _Member(float(rate), int(step)) for lb, rate, step in rows}
 
         d._step = None if data["step"] is None else int(data["step"])
-        d._last = {(str(name), _labels_in(lb)): (float(ts), float(v)) for name, lb, ts, v in data["last"]}
+        d._last = {(str(name), _labels_in(lb)): _Series(float(ts), float(v), _UNROUTED)
+                   for name, lb, ts, v in data["last"]}
         d._rates = {(svc, str(name)): members(rows) for svc, name, rows in data["rates"]}
         d._errors = {(svc, str(name)): members(rows) for svc, name, rows in data["errors"]}
         d._status_groups = {(svc, str(name)) for svc, name in data["status_groups"]}
         d._hist = {(svc, str(base)): {float(le): members(rows) for le, rows in by_le}
                    for svc, base, by_le in data["hist"]}
-        d._gauges = {(str(name), _labels_in(lb)): float(v) for name, lb, v in data["gauges"]}
+        d._gauges = {}
+        for name, lb, v in data["gauges"]:
+            # A holder of its own: the step's value as saved, whatever the series does next.
+            gauge = _Series(-_INF, float(v), None)
+            gauge.gauge = _gauge_key(str(name), _labels_in(lb))
+            d._gauges[(str(name), _labels_in(lb))] = gauge
         for _, lb in d._last:
             service = _service_of(lb)
             d._per_service[service] = d._per_service.get(service, 0) + 1
@@ -350,10 +424,9 @@ class MetricDeriver:
         ``stale_steps`` is never summed again; so forgetting them changes no output.
         """
         cutoff = (next_step - 1.5) * self.step_s - self.max_gap_s
-        idle = [sid for sid, (ts, _) in self._last.items() if ts < cutoff]
+        idle = [sid for sid, x in self._last.items() if x.ts < cutoff]
         for sid in idle:
             del self._last[sid]
-            self._routes.pop(sid, None)
             service = _service_of(sid[1])
             left = self._per_service[service] - 1
             if left:
@@ -371,8 +444,14 @@ class MetricDeriver:
                 del by_le[le]
         for group in [g for g, by_le in self._hist.items() if not by_le]:
             del self._hist[group]
+        # Name caches follow the groups, so a churn of services does not grow them for ever.
+        if len(self._names) > 2 * len(self._rates) + 64:
+            self._names = {g: n for g, n in self._names.items() if g in self._rates}
+        if len(self._hist_names_cache) > 2 * len(self._hist) + 64:
+            self._hist_names_cache = {g: n for g, n in self._hist_names_cache.items() if g in self._hist}
         if self._status_groups:
-            routed = {r.group for r in self._routes.values() if r is not None and r.has_status}
+            routed = {x.route.group for x in self._last.values()
+                      if x.route is not None and x.route is not _UNROUTED and x.route.has_status}
             self._status_groups = {g for g in self._status_groups if g in self._rates or g in routed}
 
     def _fresh_sum(self, members: dict[Labels, _Member], step: int) -> float | None:
@@ -384,39 +463,100 @@ class MetricDeriver:
                 any_fresh = True
         return total if any_fresh else None
 
-    def _points(self, step: int) -> list[SeriesPoint]:
-        ts = step * self.step_s
-        points: list[SeriesPoint] = []
-        rates: dict[GroupKey, float] = {}
-        for group, members in self._rates.items():
-            total = self._fresh_sum(members, step)
-            if total is not None:
-                rates[group] = total
-        for (service, name), total in rates.items():
+    def _group_names(self, group: GroupKey) -> _GroupNames:
+        names = self._names.get(group)
+        if names is None:
+            service, name = group
             if name.endswith("_sum"):
                 base = name[: -len("_sum")]
-                count = rates.get((service, base + "_count"))
+                names = ((service, base + "_count"), f"{base}:mean", f"{service}/{base}:mean", "", "")
+            else:
+                names = (None, f"{name}:rate", f"{service}/{name}:rate",
+                         f"{name}:error_ratio", f"{service}/{name}:error_ratio")
+            self._names[group] = names
+        return names
+
+    def _hist_names(self, group: GroupKey) -> _GroupNames:
+        names = self._hist_names_cache.get(group)
+        if names is None:
+            service, base = group
+            names = self._hist_names_cache[group] = tuple(x for _, label in QUANTILES  # type: ignore[assignment]
+                                               for x in (f"{base}:{label}", f"{service}/{base}:{label}"))
+        return names
+
+    def _points(self, step: int) -> list[SeriesPoint]:
+        """The step's derived points: counter rates, error ratios and means, quantiles, then gauges.
+
+        Runs once per step over every group and gauge, so names and keys come from caches and
+        each point is built once, straight into the output.
+        """
+        ts = step * self.step_s
+        points: list[SeriesPoint] = []
+        append = points.append
+        oldest = step - self.stale_steps
+        non_finite = 0
+        rates: dict[GroupKey, float] = {}
+        for group, members in self._rates.items():
+            total, any_fresh = 0.0, False
+            for m in members.values():
+                if m.step >= oldest:
+                    total += m.rate
+                    any_fresh = True
+            if any_fresh:
+                rates[group] = total
+        status_groups = self._status_groups
+        for group, total in rates.items():
+            count_group, metric, key, err_metric, err_key = self._group_names(group)
+            service = group[0]
+            if count_group is not None:
+                count = rates.get(count_group)
                 if count is not None and count > _EPS:
-                    points.append(_point(ts, service, f"{base}:mean", PointKind.QUANTILE, total / count))
+                    value = total / count
+                    if value - value == 0.0:
+                        append(SeriesPoint(ts, key, service, metric, _QUANTILE, value))
+                    else:
+                        non_finite += 1
                 continue  # a bare sum rate means nothing to an engineer
-            points.append(_point(ts, service, f"{name}:rate", PointKind.RATE, total))
-            if (service, name) in self._status_groups and total > _EPS:
-                errors = self._fresh_sum(self._errors.get((service, name), {}), step) or 0.0
-                points.append(_point(ts, service, f"{name}:error_ratio", PointKind.ERROR_RATIO, errors / total))
-        for (service, base), by_le in self._hist.items():
-            buckets = [(le, s) for le, members in by_le.items() if (s := self._fresh_sum(members, step)) is not None]
-            for q, label in QUANTILES:
-                value = histogram_quantile(q, buckets)
-                if not math.isnan(value):
-                    points.append(_point(ts, service, f"{base}:{label}", PointKind.QUANTILE, value))
-        for (name, labels), value in self._gauges.items():
-            service = dict(labels).get("service")
-            key = name + "{" + ",".join(f"{k}={v}" for k, v in labels if k != "service") + "}"
-            points.append(SeriesPoint(ts, f"{service}/{key}", service, name, PointKind.GAUGE, value))
-        finite = [p for p in points if math.isfinite(p.value)]
-        if len(finite) != len(points):  # sums of near-max rates overflow; a detector must never see inf/NaN
-            self._rejects.reject("derive", "non_finite_point", detail=f"{len(points) - len(finite)} at {ts}")
-        return finite
+            if total - total == 0.0:
+                append(SeriesPoint(ts, key, service, metric, _RATE, total))
+            else:
+                non_finite += 1
+            if group in status_groups and total > _EPS:
+                errors = self._fresh_sum(self._errors.get(group, {}), step) or 0.0
+                value = errors / total
+                if value - value == 0.0:
+                    append(SeriesPoint(ts, err_key, service, err_metric, _ERROR_RATIO, value))
+                else:
+                    non_finite += 1
+        for group, by_le in self._hist.items():
+            buckets = []
+            for le, members in by_le.items():
+                total, any_fresh = 0.0, False
+                for m in members.values():
+                    if m.step >= oldest:
+                        total += m.rate
+                        any_fresh = True
+                if any_fresh:
+                    buckets.append((le, total))
+            names = self._hist_names(group)
+            service = group[0]
+            for i, value in enumerate(_quantiles(_QS, buckets)):
+                if value != value:
+                    continue  # no quantile from these buckets
+                if value - value == 0.0:
+                    append(SeriesPoint(ts, names[2 * i + 1], service, names[2 * i], _QUANTILE, value))
+                else:
+                    non_finite += 1
+        for (name, _), gauge in self._gauges.items():
+            value = gauge.value
+            service, key = gauge.gauge  # type: ignore[misc]
+            if value - value == 0.0:
+                append(SeriesPoint(ts, key, service, name, _GAUGE, value))
+            else:
+                non_finite += 1
+        if non_finite:  # sums of near-max rates overflow; a detector must never see inf/NaN
+            self._rejects.reject("derive", "non_finite_point", detail=f"{non_finite} at {ts}")
+        return points
 
 
 class SeriesCollector(Collector):
@@ -453,6 +593,10 @@ class SeriesCollector(Collector):
 
 
 _UNROUTED: Any = object()
+_INF = math.inf
+_QS = tuple(q for q, _ in QUANTILES)
+_RATE, _QUANTILE, _ERROR_RATIO, _GAUGE = PointKind.RATE, PointKind.QUANTILE, PointKind.ERROR_RATIO, PointKind.GAUGE
+_GroupNames = tuple[Any, ...]  # counter: (count group of a _sum or None, metric, key, error metric, error key)
 
 
 def _service_of(labels: Labels) -> str | None:
@@ -465,7 +609,7 @@ def _service_of(labels: Labels) -> str | None:
 def _prune(members: dict[Labels, _Member], oldest: int) -> bool:
     """Remove members last updated before step ``oldest``; ``True`` if none is left."""
     for labels in [lb for lb, m in members.items() if m.step < oldest]:
-        del members[labels]
+        members.pop(labels).live = False
     return not members
 
 
@@ -475,7 +619,3 @@ def _labels_out(labels: Labels) -> list[list[str]]:
 
 def _labels_in(rows: list[list[str]]) -> Labels:
     return tuple((str(k), str(v)) for k, v in rows)
-
-
-def _point(ts: float, service: str | None, metric: str, kind: PointKind, value: float) -> SeriesPoint:
-    return SeriesPoint(ts, f"{service}/{metric}", service, metric, kind, value)

@@ -126,3 +126,52 @@ def test_gauges_stay_per_series() -> None:
     keys = {p.key for _, pts in batches for p in pts}
     assert keys == {"api/memory_bytes{instance=a}", "api/memory_bytes{instance=b}"}
     assert [len(pts) for _, pts in batches] == [2, 2, 2]
+
+
+def test_an_instance_back_after_its_rate_went_stale_joins_the_sum_again() -> None:
+    # Instance b's rate member is pruned while it is silent (stale after 4 steps) but its series
+    # is still tracked (max_gap 20 steps): its return must add a fresh member, not revive the old one.
+    d = deriver()
+    for i in range(20):
+        ts = i * STEP
+        d.add(sample(ts, "http_requests_total", 30.0 * i, instance="a", code="500"))
+        if i < 3 or i >= 12:
+            d.add(sample(ts + 1, "http_requests_total", 15.0 * i, instance="b", code="200"))
+    batches = d.flush(20 * STEP)
+    rates = series(batches, "http_requests_total:rate")
+    ratio = series(batches, "http_requests_total:error_ratio")
+    assert rates[2 * STEP] == pytest.approx(3.0) and ratio[2 * STEP] == pytest.approx(2.0 / 3.0)
+    assert rates[10 * STEP] == pytest.approx(2.0) and ratio[10 * STEP] == pytest.approx(1.0)  # b stale
+    # at step 12 b's first sample after the gap averages over it (150 over 150 s)
+    assert rates[12 * STEP] == pytest.approx(3.0) and ratio[12 * STEP] == pytest.approx(2.0 / 3.0)
+    assert rates[15 * STEP] == pytest.approx(3.0) and ratio[15 * STEP] == pytest.approx(2.0 / 3.0)
+
+
+def test_restore_in_the_middle_of_a_step_keeps_its_gauges_rates_and_order() -> None:
+    import json
+
+    def feed(d: MetricDeriver, i: int, part: int) -> None:
+        ts = i * STEP
+        if part == 0:
+            d.add(sample(ts, "queue_depth", 5.0 + i, queue="b"))
+            d.add(sample(ts, "http_requests_total", 30.0 * i, code="503"))
+        else:
+            d.add(sample(ts + 1, "queue_depth", 7.0 - i, queue="a"))
+            d.add(sample(ts + 1, "http_requests_total", 60.0 * i, code="200"))
+            d.add(sample(ts + 2, "queue_depth", 9.0, queue="b"))  # again in the step: its newest value counts
+
+    plain, hopping = deriver(), deriver()
+    out_plain, out_hop = [], []
+    for i in range(8):
+        for part in (0, 1):
+            feed(plain, i, part)
+            feed(hopping, i, part)
+            hopping = MetricDeriver.from_snapshot(json.loads(json.dumps(hopping.snapshot())), STEP, 4, 20,
+                                                  Rejects(log_examples=False))
+        out_plain += plain.flush(i * STEP)
+        out_hop += hopping.flush(i * STEP)
+    assert repr(out_plain) == repr(out_hop) and len(out_plain) == 7
+    last = out_plain[-1][1]
+    assert [p.key for p in last] == ["api/http_requests_total:rate", "api/http_requests_total:error_ratio",
+                                     "api/queue_depth{queue=b}", "api/queue_depth{queue=a}"]
+    assert [p.value for p in last][1:] == [pytest.approx(1 / 3), 9.0, 7.0 - 6]
