@@ -11,16 +11,54 @@ nan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from aiops.records import ChangeEvent, Labels, LogRecord, MetricSample
 
 _NAN = float("nan")
+_T = TypeVar("_T")
+
+
+def slot_constructor(cls: type[_T], names: tuple[str, ...]) -> Callable[..., _T]:
+    """A positional constructor for a frozen, slotted dataclass that fills its slots directly.
+
+    A frozen dataclass's ``__init__`` assigns each field through ``object.__setattr__`` (its
+    own ``__setattr__`` refuses); calling the slot descriptors instead makes the same object
+    about twice as fast, which counts for records built once per sample. The result is an
+    ordinary ``cls`` instance (same class, equality, hash, repr). ``names`` must be the class's
+    fields in order; if they are not, or ``__init__`` does more (``__post_init__``), ``cls``
+    itself is returned, so a changed record costs speed, never correctness.
+
+    >>> from aiops.records import MetricSample
+    >>> new = slot_constructor(MetricSample, ("ts", "name", "labels", "value"))
+    >>> new(1.0, "up", (), 2.0) == MetricSample(1.0, "up", (), 2.0)
+    True
+    >>> slot_constructor(MetricSample, ("ts", "name")) is MetricSample
+    True
+    """
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if (tuple(f.name for f in fields) != names or hasattr(cls, "__post_init__")
+            or not all(f.init for f in fields) or "__slots__" not in cls.__dict__):
+        return cls
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    body = "".join(f"    s{i}(o, a{i})\n" for i in range(len(names)))
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    namespace.update({f"s{i}": cls.__dict__[n].__set__ for i, n in enumerate(names)})
+    exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", namespace)  # as dataclasses builds __init__
+    make: Callable[..., _T] = namespace["make"]
+    make.__qualname__ = make.__name__ = f"new_{cls.__name__}"
+    return make
+
+
+new_metric_sample = slot_constructor(MetricSample, ("ts", "name", "labels", "value"))
+"""``MetricSample(ts, name, labels, value)``, built about twice as fast (:func:`slot_constructor`)."""
 
 
 class DecodeError(ValueError):
@@ -101,7 +139,7 @@ def decode_metric(obj: Any, max_labels: int = 64, max_label_len: int = 1024) -> 
     value = _value(obj.get("value"))
     if math.isinf(value):
         raise DecodeError("infinite_value", name)
-    return MetricSample(ts=ts, name=name, labels=canonical, value=value)
+    return new_metric_sample(ts, name, canonical, value)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from aiops.decode.jsonline import DecodeError, decode_event, decode_metric
+from aiops.decode.jsonline import DecodeError, decode_event, decode_metric, new_metric_sample
 from aiops.records import ChangeEvent, LogRecord, MetricSample, make_labels
 
 MetricsFormat = Literal["auto", "jsonline", "prometheus_kafka_adapter"]
@@ -286,10 +286,16 @@ class KafkaDecoder:
         if len(rows) != body.count(b"\n") + 1:
             return None  # a line holding two values, or an empty one
         out: list[MetricSample] = []
+        append = out.append
         cache = self._raw_labels
+        new = new_metric_sample
         for row in rows:
-            ts, v = row.ts, row.value
-            if not 0 <= ts < _INF or not row.name or (v is not None and (v == _INF or v == -_INF)):
+            ts, v, name = row.ts, row.value, row.name
+            if not 0 <= ts < _INF or not name:
+                return None
+            if v is None:
+                v = _NAN
+            elif v == _INF or v == -_INF:
                 return None
             raw = bytes(row.labels)
             canon = cache.get(raw)
@@ -297,7 +303,7 @@ class KafkaDecoder:
                 canon = self._canon_raw(raw)
                 if canon is None:
                     return None
-            out.append(MetricSample(ts=ts, name=row.name, labels=canon, value=_NAN if v is None else v))
+            append(new(ts, name, canon, v))
         return out
 
     def _canon_raw(self, raw: bytes) -> tuple[tuple[str, str], ...] | None:
@@ -354,7 +360,7 @@ class KafkaDecoder:
                 self._labels.clear()
             canon = self._labels[key] = make_labels(dict(key))
         try:
-            return MetricSample(ts=float(ts), name=name, labels=canon, value=float(value))
+            return new_metric_sample(float(ts), name, canon, float(value))
         except OverflowError:  # an integer beyond float range: the validator names the problem
             return None
 

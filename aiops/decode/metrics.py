@@ -50,6 +50,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aiops.config import LimitSettings
+from aiops.decode.jsonline import slot_constructor
 from aiops.observe.rejects import Rejects
 from aiops.records import Labels, MetricSample, PointKind, SeriesPoint
 
@@ -493,6 +494,7 @@ class MetricDeriver:
         ts = step * self.step_s
         points: list[SeriesPoint] = []
         append = points.append
+        new = _new_point
         oldest = step - self.stale_steps
         non_finite = 0
         rates: dict[GroupKey, float] = {}
@@ -513,19 +515,19 @@ class MetricDeriver:
                 if count is not None and count > _EPS:
                     value = total / count
                     if value - value == 0.0:
-                        append(SeriesPoint(ts, key, service, metric, _QUANTILE, value))
+                        append(new(ts, key, service, metric, _QUANTILE, value))
                     else:
                         non_finite += 1
                 continue  # a bare sum rate means nothing to an engineer
             if total - total == 0.0:
-                append(SeriesPoint(ts, key, service, metric, _RATE, total))
+                append(new(ts, key, service, metric, _RATE, total))
             else:
                 non_finite += 1
             if group in status_groups and total > _EPS:
                 errors = self._fresh_sum(self._errors.get(group, {}), step) or 0.0
                 value = errors / total
                 if value - value == 0.0:
-                    append(SeriesPoint(ts, err_key, service, err_metric, _ERROR_RATIO, value))
+                    append(new(ts, err_key, service, err_metric, _ERROR_RATIO, value))
                 else:
                     non_finite += 1
         for group, by_le in self._hist.items():
@@ -544,14 +546,14 @@ class MetricDeriver:
                 if value != value:
                     continue  # no quantile from these buckets
                 if value - value == 0.0:
-                    append(SeriesPoint(ts, names[2 * i + 1], service, names[2 * i], _QUANTILE, value))
+                    append(new(ts, names[2 * i + 1], service, names[2 * i], _QUANTILE, value))
                 else:
                     non_finite += 1
         for (name, _), gauge in self._gauges.items():
             value = gauge.value
             service, key = gauge.gauge  # type: ignore[misc]
             if value - value == 0.0:
-                append(SeriesPoint(ts, key, service, name, _GAUGE, value))
+                append(new(ts, key, service, name, _GAUGE, value))
             else:
                 non_finite += 1
         if non_finite:  # sums of near-max rates overflow; a detector must never see inf/NaN
@@ -596,6 +598,7 @@ _UNROUTED: Any = object()
 _INF = math.inf
 _QS = tuple(q for q, _ in QUANTILES)
 _RATE, _QUANTILE, _ERROR_RATIO, _GAUGE = PointKind.RATE, PointKind.QUANTILE, PointKind.ERROR_RATIO, PointKind.GAUGE
+_new_point = slot_constructor(SeriesPoint, ("ts", "key", "service", "metric", "kind", "value"))
 _GroupNames = tuple[Any, ...]  # counter: (count group of a _sum or None, metric, key, error metric, error key)
 
 

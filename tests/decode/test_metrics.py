@@ -175,3 +175,15 @@ def test_restore_in_the_middle_of_a_step_keeps_its_gauges_rates_and_order() -> N
     assert [p.key for p in last] == ["api/http_requests_total:rate", "api/http_requests_total:error_ratio",
                                      "api/queue_depth{queue=b}", "api/queue_depth{queue=a}"]
     assert [p.value for p in last][1:] == [pytest.approx(1 / 3), 9.0, 7.0 - 6]
+
+
+def test_points_are_ordinary_series_points() -> None:
+    # The deriver builds points by filling their slots directly (fast); they must be the same records.
+    d = deriver()
+    d.add(sample(0.0, "queue_depth", 3.0))
+    (ts, (p,)), = d.flush(STEP)
+    assert type(p) is SeriesPoint
+    assert p == SeriesPoint(0.0, "api/queue_depth{}", "api", "queue_depth", PointKind.GAUGE, 3.0)
+    assert hash(p) == hash(SeriesPoint(0.0, "api/queue_depth{}", "api", "queue_depth", PointKind.GAUGE, 3.0))
+    with pytest.raises(AttributeError):
+        p.value = 4.0  # type: ignore[misc]
