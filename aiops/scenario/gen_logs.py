@@ -288,6 +288,13 @@ def lifecycle_lines(service: str, reason: str, version: str, restart_count: int,
     return lines
 
 
+def model_swap_lines(model: str, old: str, new: str) -> list[tuple[float, str]]:
+    """Lines of a model server switching to a new model version: (seconds from the switch, message)."""
+    return [(-40.0, f"loading model {model} version {new} from the model registry"),
+            (-4.0, f"model {model} version {new} warmed up, switching traffic from {old}"),
+            (0.0, f"serving model {model} version {new} (100% of traffic); unloading {old}")]
+
+
 BENIGN_BURSTS: dict[str, Callable[[Tokens, str], str]] = {
     "retry": lambda t, callee: f"retrying call to {callee} (attempt 2/3) after {t.ms(80)} ms: connection reset",
     "slow": lambda t, callee: f"slow call to {callee} took {t.ms(1300, 0.2)} ms (threshold 1000 ms)",

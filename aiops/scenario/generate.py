@@ -22,7 +22,9 @@ latency-injection   [payments] a slow acquirer adds ~1 s to 35 % of calls; (none
 memory-leak         [cart] working set grows ~9 MiB/min to the limit, the  (none)
                     container is OOM-killed, restarts, leaks again
 model-drift         [ranker] input feature means shift, prediction mean    retrain
-                    moves, online accuracy decays; little else changes
+                    moves, online accuracy decays; little else changes;
+                    45 min in, the retrained model version is deployed
+                    and its scores and accuracy recover
 quiet-seasonal      no fault: the noon peak, harmless deploys, config      (none)
 quiet-bursts        no fault: 1-2 min traffic bursts, single-scrape CPU /  (none)
                     latency spikes, benign WARN bursts, harmless deploys
@@ -76,11 +78,25 @@ and, with the propagation lag, in its callers; restarts log SIGTERM / OOM / star
 
 *Events*: rolling deploys of healthy versions of application services (``deploys_per_6h``,
 default 3) and config changes (feature flags), kept 30 min away from the fault, in every
-scenario; the bad deploy and its rollback 40 min later; nothing else changes near other faults.
+scenario; the bad deploy and its rollback 40 min later; the retrained model version 45 min
+after a drift (a ``deploy`` of the ML service with ``model``, ``version``, ``previous_version``
+and ``reason: retrain``; the model server switches versions without a restart); nothing else
+changes near other faults.
+
+*The retrain* (``model-drift``): the recording is of production, where the planned retrain ran.
+From the switch every logged prediction carries the new version, trained on the shifted
+inputs: the inputs (and ``model_feature_mean``) stay shifted, the scores are calibrated again
+(``model_prediction_mean`` back to its old level), the out-of-range WARN lines stop, and
+``model_online_accuracy``, measured on labels 5-10 min late, recovers over the next 15 min.
+The drift monitor closes the old version's drift signals and judges the new one against its own
+reference, so the incident resolves once the correlator's hold time has passed. A run too short
+to reach the switch keeps the drift to its end.
 
 *Expectations*: ``fault_start`` is the deploy / onset time, ``detect_within`` 300-600 s, quiet
 spans from one hour in (a quarter of the run for short runs) to 60 s before the fault, or the
-whole run for quiet kinds.
+whole run for quiet kinds; after a retrain, also from the new version's deploy to the end (the
+format has no field for a resolution: the recovery must join the open incident, nothing new may
+open). ``generator.fault_end`` (extra, ignored by readers) is when the fault ended.
 """
 
 from __future__ import annotations
@@ -101,7 +117,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from aiops.scenario.gen_logs import BENIGN_BURSTS, ROUTINE, Tokens, fault_line, lifecycle_lines
+from aiops.scenario.gen_logs import BENIGN_BURSTS, ROUTINE, Tokens, fault_line, lifecycle_lines, model_swap_lines
 from aiops.scenario.gen_model import (
     CODES,
     LAG_S,
@@ -148,7 +164,8 @@ KINDS: dict[str, KindSpec] = {
                                   3000, 1.0, 1, 2, 1),
     "memory-leak": KindSpec("leak", "cart", 6, 6.0, (), "container_memory_working_set_bytes", 600, math.inf,
                             1.0, 1, 2, 1),
-    "model-drift": KindSpec("drift", "ranker", 6, 6.0, ("retrain",), "model_online_accuracy", 600, math.inf,
+    # the drift lasts until the retrained model version is live (RETRAIN_S)
+    "model-drift": KindSpec("drift", "ranker", 6, 6.0, ("retrain",), "model_online_accuracy", 600, 2700.0,
                             1.0, 1, 2, 1),
     "quiet-seasonal": KindSpec(None, None, 6, 9.0, (), None, 0, 0, 1.0, 2, 2, 2),
     "quiet-bursts": KindSpec(None, None, 6, 6.0, (), None, 0, 0, 1.0, 6, 8, 4),
@@ -158,6 +175,9 @@ _ROLE_OK = {"down": ("datastore",), "drift": ("ml",)}
 _LE_TEXT = tuple(f"{b:g}" for b in LE) + ("+Inf",)
 _FEATURES = (("price_bucket", 0.42, 0.012, 0.09), ("session_depth", 3.1, 0.08, -0.55),
              ("query_len", 2.7, 0.05, 0.4), ("user_tenure_days", 410.0, 9.0, 0.0), ("ctr_7d", 0.034, 0.0015, 0.0))
+MODEL = "search-ranker"
+MODEL_VERSION, RETRAINED_VERSION = "v7", "v8"
+"""The drifting model's version before and after the retrain (``model-drift``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +272,11 @@ def _plan(kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], target: str | N
                 plan.deploys.append(Deploy(t1, target, spec.version, new))
                 events.append({"ts": t1, "type": "deploy", "service": target, "version": spec.version,
                                "previous_version": new, "reason": "rollback"})
+        if ks.fault == "drift" and t1 < end:
+            # The retrain the incident asked for: trained on the shifted data, switched blue/green
+            # (the model server loads it without a restart, so no counters reset).
+            events.append({"ts": t1, "type": "deploy", "service": target, "model": MODEL,
+                           "version": RETRAINED_VERSION, "previous_version": MODEL_VERSION, "reason": "retrain"})
 
     def far_from_fault(t: float) -> bool:
         return fault is None or abs(t - fault.start) > min(1800.0, 0.2 * dur)
@@ -342,21 +367,41 @@ def _gauge(v: float) -> str:
 
 def _ml_gauges(sims: dict[str, ServiceSim], fault: Fault, ts: np.ndarray, rng: np.random.Generator
                ) -> dict[str, list[tuple[str, dict[str, str], np.ndarray]]]:
-    """model_* gauges of the drifting ML service: (name, extra labels, values)."""
+    """model_* gauges of the drifting ML service: (name, extra labels, values).
+
+    The input features stay shifted after the retrain (the world changed, the model followed);
+    the retrained version's scores are calibrated again and its accuracy recovers as its labels
+    come in.
+    """
     n = len(ts)
     load = sims[fault.service].drivers["load"]
-    ramp = np.clip((ts - fault.start) / 1200.0, 0, 1)
-    ramp = ramp * ramp * (3 - 2 * ramp)  # smooth step over 20 min
+    ramp, _, decay = _drift_curves(ts, fault)
     out: list[tuple[str, dict[str, str], np.ndarray]] = []
     for feat, mean, sd, shift in _FEATURES:
         v = mean + sd * rng.normal(0, 1, n) + 0.3 * sd * (load - 0.5) + shift * ramp
-        out.append(("model_feature_mean", {"model": "search-ranker", "feature": feat}, v))
-    out.append(("model_prediction_mean", {"model": "search-ranker"},
-                0.31 + 0.01 * (load - 0.5) + rng.normal(0, 0.004, n) + 0.075 * ramp))
-    # accuracy is measured on delayed labels: it follows the drift ~5 min late and slowly
-    decay = 1 - np.exp(-np.clip(ts - fault.start - 300.0, 0, None) / 1500.0)
-    out.append(("model_online_accuracy", {"model": "search-ranker"}, 0.912 - 0.12 * decay + rng.normal(0, 0.005, n)))
+        out.append(("model_feature_mean", {"model": MODEL, "feature": feat}, v))
+    out.append(("model_prediction_mean", {"model": MODEL},
+                0.31 + 0.01 * (load - 0.5) + rng.normal(0, 0.004, n) + 0.075 * ramp * (ts < fault.end)))
+    out.append(("model_online_accuracy", {"model": MODEL}, 0.912 - 0.12 * decay + rng.normal(0, 0.005, n)))
     return {f"{fault.service}-0": out}
+
+
+def _drift_curves(t: np.ndarray, fault: Fault) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input shift 0-1, accuracy lost 0-1 by the serving version, accuracy lost 0-1 as measured) at ``t``.
+
+    The inputs shift over 20 min (smooth step) and stay shifted. The old version loses accuracy
+    slowly from ~5 min in; the retrained one, live from ``fault.end``, has none to lose. Online
+    accuracy is measured on labels that arrive 5-10 min late over a window of about 10 min, so
+    the measured loss follows the serving version's with that lag.
+    """
+    ramp = np.clip((t - fault.start) / 1200.0, 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)
+    served = (1 - np.exp(-np.clip(t - fault.start - 300.0, 0, None) / 1500.0)) * (t < fault.end)
+    at_switch = 1 - math.exp(-max(fault.end - fault.start - 300.0, 0.0) / 1500.0)
+    measured = 1 - np.exp(-np.clip(t - fault.start - 300.0, 0, None) / 1500.0)
+    recovered = np.clip((t - fault.end - 300.0) / 600.0, 0, 1)
+    measured = np.where(t < fault.end + 300.0, measured, at_switch * (1 - recovered))
+    return ramp, served, measured
 
 
 def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts: np.ndarray, step: float,
@@ -366,16 +411,18 @@ def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts
     About 0.5 predictions/s are sampled (following traffic); the click label of each arrives 5-10 min
     later. Feature and prediction shifts are those of the ``model_*`` gauges; labels agree with the
     thresholded score with the gauge's online accuracy, so the error grows as accuracy decays.
+    From ``fault.end`` every prediction comes from the retrained version (a blue/green switch: a
+    canary would interleave versions), whose scores and accuracy are as before the drift while the
+    inputs stay shifted; labels of the old version's last predictions still arrive after it.
     """
     load = sims[fault.service].drivers["load"]
     ref = max(float(np.percentile(load, 95)), 1e-9)
     counts = rng.poisson(np.clip(0.8 * load / ref, 0.3, 1.2) * step)
     t = np.concatenate([ts[k] + rng.random(int(c)) * step for k, c in enumerate(counts)])
     n = len(t)
-    ramp = np.clip((t - fault.start) / 1200.0, 0, 1)
-    ramp = ramp * ramp * (3 - 2 * ramp)
-    decay = 1 - np.exp(-np.clip(t - fault.start - 300.0, 0, None) / 1500.0)
+    ramp, decay, _ = _drift_curves(t, fault)
     acc = 0.912 - 0.12 * decay
+    retrained = t >= fault.end
     spread = {"price_bucket": 0.12, "session_depth": 1.4, "query_len": 1.1, "user_tenure_days": 240.0,
               "ctr_7d": 0.02}
     cols = {}
@@ -383,7 +430,7 @@ def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts
         v = mean + shift * ramp + spread[feat] * rng.normal(0, 1, n)
         cols[feat] = np.maximum(v, 0.0)
     country = rng.choice(np.array(["DE", "FR", "NL", "PL", "ES"]), n, p=[0.35, 0.25, 0.15, 0.15, 0.1])
-    mean_p = 0.31 + 0.075 * ramp
+    mean_p = 0.31 + 0.075 * ramp * ~retrained  # the retrained version is calibrated on the shifted inputs
     k = 6.0
     score = rng.beta(mean_p * k, (1 - mean_p) * k)
     right = rng.random(n) < acc
@@ -394,12 +441,13 @@ def _write_predictions(path: Path, sims: dict[str, ServiceSim], fault: Fault, ts
     for i in range(n):
         rid = f"{int(ids[i]):010x}"
         feats = ",".join(f'"{f}":{_gauge(float(cols[f][i]))}' for f in cols) + f',"country":"{country[i]}"'
-        rows.append((float(t[i]), f'{{"ts":{t[i]:.3f},"model":"search-ranker","version":"v7","id":"{rid}",'
+        version = RETRAINED_VERSION if retrained[i] else MODEL_VERSION
+        rows.append((float(t[i]), f'{{"ts":{t[i]:.3f},"model":"{MODEL}","version":"{version}","id":"{rid}",'
                                   f'"service":"{fault.service}","features":{{{feats}}},'
                                   f'"prediction":{score[i]:.4f}}}'))
         lt = float(t[i] + delay[i])
         if lt < ts[-1] + step:
-            rows.append((lt, f'{{"ts":{lt:.3f},"model":"search-ranker","id":"{rid}","label":{int(label[i])}}}'))
+            rows.append((lt, f'{{"ts":{lt:.3f},"model":"{MODEL}","id":"{rid}","label":{int(label[i])}}}'))
     rows.sort(key=lambda r: r[0])
     _write_gz(path, (line for _, line in rows))
     return len(rows)
@@ -519,7 +567,12 @@ def _write_logs(path: Path, sims: dict[str, ServiceSim], plan: Plan, fault: Faul
             elif key == "gc_pressure":
                 causes.append((key, rng.poisson(rate * step)))
         if fault is not None and fault.kind == "drift" and fault.service == svc:
-            causes.append(("drift", rng.poisson(np.where(ts >= fault.start + 600, 1 / 60, 0.0) * step)))
+            # the server checks inputs against the serving version's training range
+            warn = (ts >= fault.start + 600) & (ts < fault.end)
+            causes.append(("drift", rng.poisson(np.where(warn, 1 / 60, 0.0) * step)))
+            if fault.end < ts[-1] + step:
+                out += [(fault.end + dt, svc, "INFO", msg) for dt, msg in model_swap_lines(MODEL, MODEL_VERSION,
+                                                                                           RETRAINED_VERSION)]
         for k in range(n):
             for _ in range(int(routine[k])):
                 j = bisect.bisect_right(cum, tok.u())
@@ -611,7 +664,10 @@ def _spec(name: str, kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], targ
                     f"(counters reset, restart count rises), errors spike around each kill, and it leaks again.",
             "drift": f"From {t0} the input distribution of {target} shifts (price_bucket, session_depth, query_len "
                      f"feature means), its prediction mean moves and online accuracy decays from 0.91 towards 0.79; "
-                     f"requests, errors and latency barely change.",
+                     f"requests, errors and latency barely change." + (
+                         f" At {_hhmm(fault.end)} the retrained {MODEL} {RETRAINED_VERSION} (trained on the shifted "
+                         f"inputs) replaces {MODEL_VERSION}: its scores and accuracy are back to normal while the "
+                         f"inputs stay shifted." if fault.end < end else ""),
         }[fault.kind]
         rc: dict[str, Any] = {"service": target}
         if ks.metric:
@@ -621,6 +677,10 @@ def _spec(name: str, kind: str, ks: KindSpec, svcs: dict[str, ServiceSpec], targ
                            "detect_within": int(ks.detect_within), "actions": list(ks.actions)}],
             "quiet": [[round(quiet_from), round(fault.start - 60)]] if fault.start - 60 > quiet_from else [],
         }
+        if fault.kind == "drift" and fault.end < end:
+            # The format has no field for a resolution; what it can say is that once the retrained
+            # version is live nothing new may open (the recovery belongs to the incident it ends).
+            expect["quiet"].append([round(fault.end), round(end)])
     doc = {
         "name": name,
         "description": f"{story} {common}",

@@ -17,7 +17,7 @@ from aiops.decide.rules import Rules, RulesError, load_rules
 from aiops.drift.records import PredictionRecord
 from aiops.drift.source import read_predictions
 from aiops.observe.rejects import Rejects
-from aiops.records import Action, Alert, Decision, Incident, Record, to_output
+from aiops.records import Action, Alert, ChangeEvent, Decision, Incident, Record, to_output
 from aiops.runtime.pipeline import Pipeline, PipelineStats
 from aiops.scenario.check import CheckResult
 from aiops.scenario.check import check as check_expect
@@ -76,23 +76,56 @@ def print_summary(result: ReplayResult, stream: TextIO) -> None:
         print(f"bad records skipped: {result.rejects.total}", file=stream)
         for line in result.rejects.report():
             print(f"  {line}", file=stream)
+    lines: list[tuple[float, str]] = []
+    shown: set[tuple[float, str, str | None, tuple[tuple[str, str], ...]]] = set()
     for d in result.decisions:
         if isinstance(d, Incident):
+            # Changes to an incident's services while it is open (a rollback, a retrained model) are
+            # what usually ends it: show them at their own time, between its open and resolution.
+            for c in d.changes:
+                key = (c.ts, c.type, c.service, c.attrs)
+                if c.ts >= d.opened_ts and c.service in d.services and key not in shown:
+                    shown.add(key)
+                    lines.append((c.ts, f"{_when(c.ts)}    change {_describe_change(c)} (incident {d.id})"))
             head = f"{_when(d.ts)}  incident {d.id} {d.status.value.upper()}"
             if d.status.value == "resolved":
-                print(head, file=stream)
+                lines.append((d.ts, head))
                 continue
-            print(f"{head} severity={d.severity} services={','.join(d.services)}", file=stream)
+            lines.append((d.ts, f"{head} severity={d.severity} services={','.join(d.services)}"))
             for i, rc in enumerate(d.root_causes[:3], 1):
                 why = "; ".join(rc.evidence[:3])
-                print(f"    root cause #{i}: {rc.service} (score {rc.score:.2f}){': ' + why if why else ''}",
-                      file=stream)
+                lines.append((d.ts, f"    root cause #{i}: {rc.service} (score {rc.score:.2f})"
+                                    f"{': ' + why if why else ''}"))
         elif isinstance(d, Action):
             mode = "dry run" if d.dry_run else "live"
-            print(f"{_when(d.ts)}    action {d.type} -> {dict(d.target).get('service')} ({mode}, "
-                  f"{d.outcome.value}): {d.reason}", file=stream)
+            lines.append((d.ts, f"{_when(d.ts)}    action {d.type} -> {dict(d.target).get('service')} ({mode}, "
+                                f"{d.outcome.value}): {d.reason}"))
         elif isinstance(d, Alert):
-            print(f"{_when(d.ts)}    alert {d.status.value}: {dict(d.annotations).get('summary', '')}", file=stream)
+            lines.append((d.ts, f"{_when(d.ts)}    alert {d.status.value}: "
+                                f"{dict(d.annotations).get('summary', '')}"))
+    # stable: lines of one decision, and decisions of one step, keep their order
+    for _, line in sorted(lines, key=lambda x: x[0]):
+        print(line, file=stream)
+
+
+def _describe_change(c: ChangeEvent) -> str:
+    """``deploy of ranker: search-ranker v7 -> v8 (reason=retrain)`` from a change event's attributes.
+
+    >>> _describe_change(ChangeEvent(ts=0.0, type="deploy", service="api",
+    ...                              attrs=(("previous_version", "v1"), ("reason", "rollback"), ("version", "v0"))))
+    'deploy of api: v1 -> v0 (reason=rollback)'
+    """
+    a = dict(c.attrs)
+    text = f"{c.type} of {c.service}:"
+    if "model" in a:
+        text += f" {a.pop('model')}"
+    for old, new in (("previous_version", "version"), ("previous_value", "value")):
+        if new in a:
+            text += f" {a.pop(old, '?')} -> {a.pop(new)}"
+    if "key" in a:
+        text += f" {a.pop('key')}"
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(a.items()))
+    return text + (f" ({extra})" if extra else "")
 
 
 def replay_command(path: Path, settings: Settings, *, out: Path | None, check: bool, quiet: bool) -> int:
