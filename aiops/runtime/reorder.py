@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_right
+from collections.abc import Iterable
 from operator import attrgetter
 
 from aiops.observe.rejects import Rejects
@@ -83,6 +84,33 @@ class ReorderBuffer:
             self._max_ts = ts
             return self._release(ts - self.lateness_s)
         return []
+
+    def push_many(self, records: Iterable[Record]) -> list[Record]:
+        """:meth:`push` each record in turn; return everything released, in order, as one list.
+
+        The same records come out in the same order as from the pushes one by one (what the
+        runtime then does with them depends only on that sequence), for one call per batch.
+        """
+        out: list[Record] = []
+        run = self._run
+        lateness = self.lateness_s
+        for record in records:
+            ts = record.ts
+            if ts < self._released:
+                self._rejects.reject("runtime", "late_record", detail=f"{type(record).__name__} at {ts}, "
+                                     f"watermark {self._released}")
+                continue
+            if ts >= self._tail_ts or (self._head == len(run) and not self._late):
+                run.append(record)
+                self._tail_ts = ts
+            else:
+                heapq.heappush(self._late, (ts, next(self._seq), record))
+            if ts > self._max_ts:
+                self._max_ts = ts
+                released = self._release(ts - lateness)
+                if released:
+                    out += released
+        return out
 
     def advance(self, event_ts: float) -> list[Record]:
         """Move the watermark to ``event_ts - lateness`` although no record arrived (idle sources)."""

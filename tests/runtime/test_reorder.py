@@ -139,3 +139,21 @@ def test_pending_records_survive_a_restore_mid_stream_through_the_checkpoint_int
                 out.extend(buf.push(rec) if op == "push" else buf.advance(ts))
         assert cut == len(stream), "the stream never had both in-order and out-of-order records pending"
         assert out_one + one.drain() == out_two + two.drain()
+
+
+def test_push_many_releases_what_pushing_one_by_one_does() -> None:
+    for seed in range(10):
+        stream = [ChangeEvent(ts=ts, type="deploy", service=str(i))
+                  for i, (op, ts) in enumerate(_stream(200 + seed, 2000)) if op == "push"]
+        one_rejects, many_rejects = Rejects(log_examples=False), Rejects(log_examples=False)
+        one = ReorderBuffer(lateness_s=10, rejects=one_rejects)
+        many = ReorderBuffer(lateness_s=10, rejects=many_rejects)
+        rng = random.Random(seed)
+        i = 0
+        while i < len(stream):
+            batch = stream[i:i + rng.choice([1, 7, 100, 500])]
+            i += len(batch)
+            assert many.push_many(batch) == [r for x in batch for r in one.push(x)]
+            assert many.watermark == one.watermark and len(many) == len(one)
+        assert many.drain() == one.drain()
+        assert many_rejects.by_reason() == one_rejects.by_reason() and many_rejects.total > 0
