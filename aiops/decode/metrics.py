@@ -98,14 +98,16 @@ class _Series:
     the rate member it updates in place, and for a gauge its point key.
     """
 
-    __slots__ = ("ts", "value", "route", "member", "gauge")
+    __slots__ = ("sid", "ts", "value", "route", "member", "gauge", "seen")
 
-    def __init__(self, ts: float, value: float, route: Any) -> None:
+    def __init__(self, sid: SeriesId, ts: float, value: float, route: Any) -> None:
+        self.sid = sid
         self.ts = ts
         self.value = value
         self.route = route
         self.member: _Member | None = None
         self.gauge: tuple[str | None, str] | None = None  # (service, point key) of a gauge
+        self.seen = -1  # a gauge's last step generation in ``MetricDeriver._gauges``
 
 
 def _gauge_key(name: str, labels: Labels) -> tuple[str | None, str]:
@@ -193,10 +195,12 @@ class MetricDeriver:
         self._errors: dict[GroupKey, dict[Labels, _Member]] = {}
         self._status_groups: set[GroupKey] = set()
         self._hist: dict[GroupKey, dict[float, dict[Labels, _Member]]] = {}
-        self._gauges: dict[SeriesId, _Series] = {}  # gauges seen in the current step (value: ``.value``)
+        self._gauges: list[_Series] = []  # gauges seen in the current step, in order (value: ``.value``)
+        self._gauge_gen = 0  # bumped when the step's gauges are cleared; a gauge's ``seen`` says if it is listed
         self._names: dict[GroupKey, _GroupNames] = {}  # point names of a counter group, built once
         self._hist_names_cache: dict[GroupKey, _GroupNames] = {}  # of a histogram: (metric, key) per quantile
         self._step: int | None = None  # the step being filled
+        self._lo, self._hi = _INF, -_INF  # times certainly inside ``_step`` (no floor needed)
         self._ready: list[tuple[float, list[SeriesPoint]]] = []
 
     def step_of(self, ts: float) -> int:
@@ -207,22 +211,22 @@ class MetricDeriver:
         """Take one raw sample (event-time order); bad ones are counted in ``rejects`` and skipped."""
         ts = sample.ts
         # The hot path: one dict lookup per sample, no allocation for a known series.
-        step = int(math.floor(ts / self.step_s + 0.5))
-        current = self._step
-        if step != current:
+        if not self._lo < ts < self._hi:
+            step = int(math.floor(ts / self.step_s + 0.5))
+            current = self._step
             if current is None:
-                self._step = step
+                self._set_step(step)
             elif step > current:
                 self._close_until(step)
-            else:
+            elif step < current:
                 self._rejects.reject("derive", "late_sample", detail=f"{sample.name} at {ts}")
                 return
+        step = self._step  # type: ignore[assignment]
         value = sample.value
-        if value != value:
-            return  # NaN, a gap: the series' last rate stands in for it while fresh
-        if value == _INF or value == -_INF:
-            self._rejects.reject("derive", "infinite_value", detail=f"{sample.name} at {ts}")
-            return
+        if value - value != 0.0:  # NaN or infinite: one test on the hot path for both
+            if value == value:
+                self._rejects.reject("derive", "infinite_value", detail=f"{sample.name} at {ts}")
+            return  # NaN is a gap: the series' last rate stands in for it while fresh
         sid = (sample.name, sample.labels)
         series = self._last.get(sid)
         if series is None:
@@ -247,7 +251,9 @@ class MetricDeriver:
         if route is None:
             series.ts = ts
             series.value = value
-            self._gauges[sid] = series
+            if series.seen != self._gauge_gen:
+                series.seen = self._gauge_gen
+                self._gauges.append(series)
             return
         if value < 0:
             # Counters never go below zero; a negative one would read as a reset to a negative rate.
@@ -292,11 +298,19 @@ class MetricDeriver:
         if route is not None and route.has_status:
             self._status_groups.add(route.group)
         self._per_service[service] = self._per_service.get(service, 0) + 1
-        series = self._last[sid] = _Series(sample.ts, value, route)
+        series = self._last[sid] = _Series(sid, sample.ts, value, route)
         if route is None:
             series.gauge = _gauge_key(sample.name, labels)
-            self._gauges[sid] = series
+            series.seen = self._gauge_gen
+            self._gauges.append(series)
         # The first sample of a counter only sets its baseline.
+
+    def _set_step(self, step: int) -> None:
+        """Make ``step`` the one being filled, with the band of times that certainly fall in it."""
+        self._step = step
+        margin = 1e-6 + abs(step) * 1e-12  # in steps: far above the rounding of ts / step_s
+        self._lo = (step - 0.5 + margin) * self.step_s
+        self._hi = (step + 0.5 - margin) * self.step_s
 
     def _refuse(self, service: str | None, sample: MetricSample) -> None:
         """Count a sample of a series beyond a limit; warn once per service per interval (event time)."""
@@ -358,7 +372,7 @@ class MetricDeriver:
             "status_groups": [[svc, name] for svc, name in self._status_groups],
             "hist": [[svc, base, [[le, members(m)] for le, m in by_le.items()]]
                      for (svc, base), by_le in self._hist.items()],
-            "gauges": [[name, _labels_out(lb), x.value] for (name, lb), x in self._gauges.items()],
+            "gauges": [[x.sid[0], _labels_out(x.sid[1]), x.value] for x in self._gauges],
             "ready": [[ts, [[p.ts, p.key, p.service, p.metric, p.kind.value, p.value] for p in pts]]
                       for ts, pts in self._ready],
         }
@@ -380,20 +394,26 @@ class MetricDeriver:
         def members(rows: list[list[Any]]) -> dict[Labels, _Member]:
             return {_labels_in(lb): _Member(float(rate), int(step)) for lb, rate, step in rows}
 
-        d._step = None if data["step"] is None else int(data["step"])
-        d._last = {(str(name), _labels_in(lb)): _Series(float(ts), float(v), _UNROUTED)
-                   for name, lb, ts, v in data["last"]}
+        if data["step"] is not None:
+            d._set_step(int(data["step"]))
+        d._last = {}
+        for name, lb, ts, v in data["last"]:
+            sid = (str(name), _labels_in(lb))
+            d._last[sid] = _Series(sid, float(ts), float(v), _UNROUTED)
         d._rates = {(svc, str(name)): members(rows) for svc, name, rows in data["rates"]}
         d._errors = {(svc, str(name)): members(rows) for svc, name, rows in data["errors"]}
         d._status_groups = {(svc, str(name)) for svc, name in data["status_groups"]}
         d._hist = {(svc, str(base)): {float(le): members(rows) for le, rows in by_le}
                    for svc, base, by_le in data["hist"]}
-        d._gauges = {}
         for name, lb, v in data["gauges"]:
-            # A holder of its own: the step's value as saved, whatever the series does next.
-            gauge = _Series(-_INF, float(v), None)
-            gauge.gauge = _gauge_key(str(name), _labels_in(lb))
-            d._gauges[(str(name), _labels_in(lb))] = gauge
+            sid = (str(name), _labels_in(lb))
+            gauge = d._last.get(sid)
+            if gauge is None or _route(*sid) is not None or gauge.seen == d._gauge_gen:
+                raise ValueError(f"deriver snapshot lists {name} as a gauge of the step but does not track it as one")
+            # A gauge's value serves only its point, so the step's value as saved is its value.
+            gauge.value = float(v)
+            gauge.route, gauge.gauge, gauge.seen = None, _gauge_key(*sid), d._gauge_gen
+            d._gauges.append(gauge)
         for _, lb in d._last:
             service = _service_of(lb)
             d._per_service[service] = d._per_service.get(service, 0) + 1
@@ -411,11 +431,12 @@ class MetricDeriver:
             if points:
                 self._ready.append((step * self.step_s, points))
             self._gauges.clear()
+            self._gauge_gen += 1
         # Sweep on fixed step numbers, so a restored deriver sweeps exactly when the original would.
         k = self._sweep_every
         if -(-self._step // k) * k < next_step:
             self._forget_idle(next_step)
-        self._step = next_step
+        self._set_step(next_step)
 
     def _forget_idle(self, next_step: int) -> None:
         """Drop series and rate members no future step can use (frees their cardinality slots).
@@ -549,7 +570,8 @@ class MetricDeriver:
                     append(new(ts, names[2 * i + 1], service, names[2 * i], _QUANTILE, value))
                 else:
                     non_finite += 1
-        for (name, _), gauge in self._gauges.items():
+        for gauge in self._gauges:
+            name = gauge.sid[0]
             value = gauge.value
             service, key = gauge.gauge  # type: ignore[misc]
             if value - value == 0.0:

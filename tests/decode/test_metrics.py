@@ -187,3 +187,28 @@ def test_points_are_ordinary_series_points() -> None:
     assert hash(p) == hash(SeriesPoint(0.0, "api/queue_depth{}", "api", "queue_depth", PointKind.GAUGE, 3.0))
     with pytest.raises(AttributeError):
         p.value = 4.0  # type: ignore[misc]
+
+
+def test_samples_on_and_next_to_step_boundaries_land_in_the_step_step_of_names() -> None:
+    # The deriver skips the floor for times well inside the current step; at the edges it must not guess.
+    base = 1_767_225_600.0
+    stamps = []
+    for k in range(1, 40):
+        edge = base + (k + 0.5) * STEP
+        stamps += [math.nextafter(edge, -math.inf), edge, math.nextafter(edge, math.inf)]
+    d = deriver()
+    for i, ts in enumerate(sorted(set(stamps))):
+        d.add(sample(ts, "queue_depth", float(i), queue=str(i)))  # one series per sample: none is a duplicate
+    got = {p.value: ts for ts, points in d.flush(base + 50 * STEP) for p in points}
+    for i, ts in enumerate(sorted(set(stamps))):
+        assert got[float(i)] == d.step_of(ts) * STEP, ts
+
+
+def test_a_snapshot_listing_a_gauge_it_does_not_track_is_refused() -> None:
+    d = deriver()
+    d.add(sample(0.0, "queue_depth", 1.0))
+    data = d.snapshot()
+    assert data["gauges"] == [["queue_depth", [["service", "api"]], 1.0]]
+    data["gauges"].append(["other_gauge", [["service", "api"]], 2.0])
+    with pytest.raises(ValueError, match="other_gauge"):
+        MetricDeriver.from_snapshot(data, STEP, 4, 20, Rejects(log_examples=False))
