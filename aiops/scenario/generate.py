@@ -164,7 +164,7 @@ KINDS: dict[str, KindSpec] = {
                                   3000, 1.0, 1, 2, 1),
     "memory-leak": KindSpec("leak", "cart", 6, 6.0, (), "container_memory_working_set_bytes", 600, math.inf,
                             1.0, 1, 2, 1),
-    # the drift lasts until the retrained model version is live (RETRAIN_S)
+    # the drift lasts until the retrained model version is live: training on fresh data and rollout
     "model-drift": KindSpec("drift", "ranker", 6, 6.0, ("retrain",), "model_online_accuracy", 600, 2700.0,
                             1.0, 1, 2, 1),
     "quiet-seasonal": KindSpec(None, None, 6, 9.0, (), None, 0, 0, 1.0, 2, 2, 2),
