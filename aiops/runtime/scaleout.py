@@ -47,7 +47,7 @@ from aiops.records import Action, ActionOutcome, Decision, Incident
 from aiops.runtime.checkpointing import LIVE_KEY, _alert_out, _alerts_in
 from aiops.runtime.gate import ProgressGate, steps_message
 from aiops.runtime.live import InboxItem, LiveDaemon
-from aiops.runtime.pipeline import ClosedStep, CorrelateHalf, DetectHalf
+from aiops.runtime.pipeline import ClosedStep, CorrelateHalf, DetectHalf, PipelineStats
 from aiops.runtime.signals_topic import WireError, decode_message, encode_message
 from aiops.sources.kafka import KafkaBatch, KafkaSource, kafka_client_kwargs
 from aiops.state.kafka import KafkaChangelogStore
@@ -118,6 +118,9 @@ class ScaleOutDaemon(LiveDaemon):
         self._stopping = False
         self.correlate = CorrelateHalf(settings, rules, topology)
         self.gate = self._new_gate()
+        # The daemon's own pipeline is never fed here; its counters (exported by StageCollector) add up
+        # the work this instance did in its halves, so they only grow, whatever partitions come and go.
+        self._counted: dict[object, dict[str, Any]] = {}
         reg = self.registry
         self.m_owned = Gauge("aiops_scaleout_partitions", "Input partitions this instance detects on", registry=reg)
         self.m_owner = Gauge("aiops_scaleout_correlator_owner", "1 while this instance owns the correlator",
@@ -232,7 +235,9 @@ class ScaleOutDaemon(LiveDaemon):
                         continue
                     parked = self._parked.pop(p, None)
                     self._parts[p] = parked if parked is not None else await self._load_partition(p)
-                self._parked.clear()  # given to another member: its state is in the changelog
+                for gone in self._parked.values():  # given to another member: its state is in the changelog
+                    self._counted.pop(gone.half, None)
+                self._parked.clear()
             finally:
                 self._restoring -= 1
             consumer = self.kafka.consumer if self.kafka is not None else None
@@ -265,6 +270,7 @@ class ScaleOutDaemon(LiveDaemon):
         if cp is not None:
             part.offsets = {TopicPartition(t, q): o for (t, q), o in cp.offsets.items() if q == p}
             part.published = _through(half)  # published before it was saved (signals before checkpoints)
+        self._count(part.half, part.half.stats, baseline=True)
         how = "warm" if cp is not None else "cold"
         self.m_restored.labels("detect", how).inc()
         log.info("partition_restored", partition=p, warm=cp is not None,
@@ -345,6 +351,26 @@ class ScaleOutDaemon(LiveDaemon):
         if self._newest_ts is not None:
             self.metrics.event_lag.set(now_wall - self._newest_ts)
 
+    def _count(self, key: object, stats: PipelineStats, *, baseline: bool = False) -> None:
+        """Add what ``stats`` counted since the last call for ``key`` to the instance's counters.
+
+        ``baseline``: only remember where ``stats`` stands (state restored from another instance).
+        """
+        now = {f: getattr(stats, f) for f in _COUNTS}
+        now["signals_by_kind"] = dict(stats.signals_by_kind)
+        before = self._counted.get(key)
+        self._counted[key] = now
+        if baseline:
+            return
+        total = self.pipeline.stats
+        for f in _COUNTS:
+            setattr(total, f, getattr(total, f) + now[f] - (before[f] if before else 0))
+        for kind, n in now["signals_by_kind"].items():
+            old = before["signals_by_kind"].get(kind, 0) if before else 0
+            total.signals_by_kind[kind] = total.signals_by_kind.get(kind, 0) + n - old
+        total.first_ts = min(total.first_ts, stats.first_ts)
+        total.last_ts = max(total.last_ts, stats.last_ts)
+
     def _caught_up(self, part: _Partition) -> bool:
         """Whether this instance has processed everything partition ``part`` holds (as far as it knows)."""
         consumer = self.kafka.consumer if self.kafka is not None else None
@@ -406,6 +432,8 @@ class ScaleOutDaemon(LiveDaemon):
         if futures:
             await asyncio.gather(*futures)
             self.m_published.inc(len(futures))
+        for part in self._parts.values():
+            self._count(part.half, part.half.stats)
 
     async def _idle_advance(self) -> None:
         """No input for ``live.idle_advance_s``: caught-up halves follow the wall clock (as the single daemon).
@@ -487,6 +515,7 @@ class ScaleOutDaemon(LiveDaemon):
             return
         await self._start_act(steps[0].ts)
         await self._dispatch(self.correlate.on_steps(steps))
+        self._count("correlate", self.correlate.stats)
 
     async def _dispatch(self, decisions: list[Decision]) -> None:
         """As the single daemon's, with the act stage ticking on the correlator's event time."""
@@ -540,6 +569,7 @@ class ScaleOutDaemon(LiveDaemon):
                     for sink in self.sinks:
                         sink.send(alert)
                 self.metrics.open_incidents.set(len(self._open))
+                self._count("correlate", self.correlate.stats, baseline=True)
                 self._owner = True
                 self._corr_dirty = False
                 self.m_owner.set(1)
@@ -602,6 +632,10 @@ class ScaleOutDaemon(LiveDaemon):
             except Exception as exc:  # noqa: BLE001 - closing must not hide the exit code
                 log.warning("scaleout_close_failed", error=repr(exc))
         await super()._close_everything()
+
+
+_COUNTS = ("metric_samples", "log_lines", "change_events", "predictions", "steps", "points", "signals",
+           "incidents", "alerts", "actions")
 
 
 @dataclass(slots=True)

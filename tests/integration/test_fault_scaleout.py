@@ -135,6 +135,19 @@ class _Instance:
             self.proc.send_signal(sig)
 
 
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def _wait(cond: Any, timeout: float, what: str, watch: _Watch, instances: list[_Instance]) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -244,6 +257,7 @@ def test_kill_one_of_three_instances(
         _wait(resolved, 300, "the incident to resolve", watch, instances)
         _wait(lambda: not any(a["labels"]["incident_id"] == iid for a in watch.poll()), 60,
               "Alertmanager to resolve it", watch, instances)
+        scraped = [_metrics(i.port) for i in survivors]
         for inst in survivors:
             inst.stop()
         for inst in survivors:
@@ -264,6 +278,10 @@ def test_kill_one_of_three_instances(
     acquired = sorted((d for i in survivors for d in _events(i.log, "correlator_acquired")),
                       key=lambda d: d["timestamp"])
     assert acquired and acquired[-1]["warm"] and acquired[-1]["firing"] >= 1, acquired
+    # Self-metrics say the same: every survivor detected (its halves' work adds up in the stage counters)
+    # and restores from the changelog were warm.
+    assert all(m.get('aiops_stage_records_total{direction="in",stage="derive"}', 0) > 0 for m in scraped), scraped
+    assert sum(m.get('aiops_scaleout_restores_total{how="warm",part="detect"}', 0) for m in scraped) >= len(saved)
     # Exactly the scenario's incident, once: no second id in Alertmanager, none lost.
     decisions = [d for i in instances for d in _lines(i.out)]
     ids = {d["id"] for d in decisions if d["kind"] == "incident"}
