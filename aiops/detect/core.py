@@ -82,6 +82,9 @@ class ScorerParams:
     w_volatility: float = 0.0  # off by default: likewise
     w_transition: float = 0.005  # per unit of -log10 P(level transition), see trans_bins
     trans_bins: int = 6  # levels the value's range is cut into for transition novelty (0 = off)
+    # a level's moves are judged on at most this many of them: beyond it the row's counts are
+    # scaled down, so no move is ever judged rarer than ~0.5 / trans_memory (0 = unbounded)
+    trans_memory: float = 500.0
     # anomaly likelihood of the deviation (Ahmad et al. 2017): a short mean of log(1+|z|) against
     # the long-run mean and spread of log(1+|z|) in this series; its tail, -log10 p, maps to
     # [0, 1) by lk / (lk + lk_half) (0 = off)
@@ -347,6 +350,14 @@ class BatchScorer:
             counts = self._trans[gi, cell[g]].astype(np.float64)
             totals = self._trans[gi[:, None], row[g][:, None] + np.arange(tb)[None, :]].sum(axis=1, dtype=np.float64)
             t_nov = np.zeros(len(i))
+            # Without a bound an unseen move grew more alarming with every step the series had
+            # run (-log10 of 0.5 / total), so long-lived spiky series, whose jumps land on
+            # ever-different levels, alerted on ordinary jumps. Bounding the evidence keeps the
+            # empirical shape but mixes in a fixed share of the uniform prior (a floor under
+            # every move's probability, as in additive smoothing with a constant weight).
+            if p.trans_memory > 0:
+                shrink = np.minimum(1.0, p.trans_memory / np.maximum(totals, 1.0))
+                counts, totals = counts * shrink, totals * shrink
             t_nov[g] = -np.log10((counts + 0.5) / (totals + 0.5 * tb))
             t_up = np.zeros(len(i), dtype=bool)
             t_up[g] = lvl[g] >= prev_lvl[g]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from aiops.detect import BatchScorer, ScorerParams
 from aiops.detect.core import FEATURES
@@ -171,3 +172,21 @@ def test_a_spike_does_not_become_tomorrows_expectation() -> None:
     next_day = spike + int(DAY / step)
     assert out[next_day].score[0] < 0.1, out[next_day].score[0]
     assert abs(out[next_day].z[0]) < 4
+
+
+def test_an_unseen_move_is_not_more_alarming_the_longer_a_series_ran() -> None:
+    # a series hopping between its floor and its top; then, once, it lands in between. How
+    # rare that move is should not keep growing with how long the series ran before
+    def first_middle_score(n: int, memory: float) -> float:
+        vals = np.where(np.arange(n) % 7 == 0, 100.0, 0.0) + 0.01 * np.random.default_rng(2).standard_normal(n)
+        vals = np.r_[vals, 50.0]
+        s = BatchScorer(ScorerParams(trans_memory=memory, w_value=0.0, w_season=0.0, w_shift=0.0, lk_half=0.0))
+        idx = s.add_series(1)
+        out = [s.update(idx, vals[k : k + 1]) for k in range(len(vals))]
+        assert FEATURES[out[-1].feature[0]] == "transition"
+        return float(out[-1].novelty[0])
+
+    bounded = [first_middle_score(n, 500.0) for n in (2000, 8000)]
+    unbounded = [first_middle_score(n, 0.0) for n in (2000, 8000)]
+    assert bounded[1] == pytest.approx(bounded[0], rel=0.05)
+    assert unbounded[1] > 1.1 * unbounded[0]  # what the bound is for
