@@ -30,8 +30,11 @@ rejected (``scale_out_needs_kafka``), not processed.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -97,6 +100,8 @@ class ScaleOutDaemon(LiveDaemon):
         group = settings.kafka.group_id
         self.detect_key = f"{group}/detect"
         self.correlator_key = f"{group}/correlator"
+        self.acted_prefix = f"{group}/acted/"
+        self._acted: set[str] = set()  # planned actions some correlator owner handed to its act stage
         self.correlate_group = f"{group}.correlate"
         stale_s = settings.live.stale_s
         self.stale_steps = max(1, math.ceil(stale_s / self.step_s)) if stale_s > 0 else None
@@ -523,6 +528,8 @@ class ScaleOutDaemon(LiveDaemon):
             self._emit(d)
             if self.act is None or self._act_next_tick is None:
                 continue
+            if isinstance(d, Action) and d.outcome is ActionOutcome.PLANNED and not await self._hand_over(d):
+                continue
             if isinstance(d, Incident) or (isinstance(d, Action) and d.outcome is ActionOutcome.PLANNED):
                 await self._act_tick(d.ts)
                 await self._emit_all(await self.act.on_decision(d), acted=True)
@@ -530,6 +537,34 @@ class ScaleOutDaemon(LiveDaemon):
         if decisions and self.out is not None:
             self.out.flush()
         self.metrics.open_incidents.set(len(self._open))
+
+    def _acted_key(self, a: Action) -> str:
+        target = zlib.crc32(json.dumps(sorted(a.target), separators=(",", ":")).encode())
+        incident, kind = (re.sub(r"[^A-Za-z0-9_.=:-]", "_", x) for x in (a.incident_id, a.type))
+        return f"{self.acted_prefix}{incident}/{kind}/{target:08x}"
+
+    async def _hand_over(self, a: Action) -> bool:
+        """Whether this planned action goes to the act stage: not if an earlier correlator owner handed it over.
+
+        The action ledger is per instance, so after a failover the decisions replayed since the last
+        correlator checkpoint would reach a ledger that never saw them. A marker in the changelog,
+        written (acks=all) before the action goes to the act stage, makes the hand-over at most once:
+        an owner that died between the marker and the action leaves it not run (as the ledger's
+        "in doubt" does), never run twice.
+        """
+        assert self.changelog is not None
+        key = self._acted_key(a)
+        if key in self._acted:
+            log.warning("action_already_handed_over", incident_id=a.incident_id, type=a.type, key=key)
+            return False
+        try:
+            await self.changelog.save(CORRELATOR_PARTITION, key, {"incident_id": a.incident_id, "type": a.type,
+                                                                   "target": [list(x) for x in a.target]},
+                                      event_ts=a.ts)
+        except Exception as exc:  # noqa: BLE001 - unrecorded: hand it over anyway (the single daemon's guarantee)
+            log.error("action_marker_failed", incident_id=a.incident_id, type=a.type, error=repr(exc))
+        self._acted.add(key)
+        return True
 
     async def _acquire_correlator(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
         """This instance now owns the signals partition: restore the correlator and seek to its offset."""
@@ -557,6 +592,10 @@ class ScaleOutDaemon(LiveDaemon):
                         self.correlate = CorrelateHalf(self.settings, self.rules, self.topology)
                         self.gate = self._new_gate()
                         cp = None
+                try:
+                    self._acted = set(await self.changelog.restore(CORRELATOR_PARTITION, prefix=self.acted_prefix))
+                except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+                    log.error("action_markers_unread", error=repr(exc))
                 offset = cp.offsets.get((tp.topic, tp.partition)) if cp is not None else None
                 if offset is not None:
                     consumer.seek(tp, offset)
@@ -575,7 +614,7 @@ class ScaleOutDaemon(LiveDaemon):
                 self.m_owner.set(1)
                 self.m_restored.labels("correlator", "warm" if cp is not None else "cold").inc()
                 log.info("correlator_acquired", warm=cp is not None, offset=offset,
-                         next_step=self.gate.next_step, firing=len(firing))
+                         next_step=self.gate.next_step, firing=len(firing), actions_handed=len(self._acted))
         finally:
             self._corr_restoring = False
 

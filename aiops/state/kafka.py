@@ -147,8 +147,9 @@ class ChangelogReader:
     Chunks no manifest has named yet are kept to the end: a manifest may still follow them.
     """
 
-    def __init__(self, keys: Collection[str] | None = None) -> None:
+    def __init__(self, keys: Collection[str] | None = None, prefix: str | None = None) -> None:
         self._keys = None if keys is None else frozenset(keys)
+        self._prefix = prefix
         self._heads: dict[str, tuple[int, bytes | None]] = {}
         self._chunks: dict[str, dict[str, bytes]] = {}
         self._stale: dict[str, set[str]] = {}
@@ -169,6 +170,8 @@ class ChangelogReader:
         parts = k.split("#")
         state = parts[0]
         if self._keys is not None and state not in self._keys:
+            return
+        if self._prefix is not None and not state.startswith(self._prefix):
             return
         if len(parts) == 3:
             if parts[1] == ASIDE:
@@ -381,8 +384,10 @@ class KafkaChangelogStore:
         await asyncio.gather(*futures)
 
     # -- reading --------------------------------------------------------------------------------
-    async def restore(self, partition: int, keys: Collection[str] | None = None) -> dict[str, Checkpoint]:
-        """The newest usable checkpoint of each state key in ``partition`` (all keys, or ``keys``).
+    async def restore(self, partition: int, keys: Collection[str] | None = None,
+                      prefix: str | None = None) -> dict[str, Checkpoint]:
+        """The newest usable checkpoint of each state key in ``partition`` (all keys, or ``keys``, or
+        those starting with ``prefix``).
 
         Reads from the beginning to the end offset as of the start of the call. Unusable values
         are counted and set aside; a deleted or absent key is simply not in the result.
@@ -390,7 +395,7 @@ class KafkaChangelogStore:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         t0 = time.perf_counter()
-        reader = ChangelogReader(keys)
+        reader = ChangelogReader(keys, prefix)
         # A short fetch wait: the restore reads data that is already there, and the first position
         # lookup otherwise idles for the default 500 ms (measured against Tansu).
         consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, fetch_max_bytes=64 * 1024 * 1024,

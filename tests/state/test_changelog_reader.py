@@ -80,3 +80,15 @@ def test_manifest_names_size_and_checksum() -> None:
     data = b"x" * 20
     *_, (key, head) = plan_records(KEY, data, 8, "g")
     assert key == KEY and Manifest.parse(head) == Manifest("g", 3, 20, zlib.crc32(data))
+
+
+def test_prefix_keeps_only_matching_keys_with_their_chunks() -> None:
+    """Scale-out reads its action hand-over markers by prefix, next to other states in the same partition."""
+    reader = ChangelogReader(prefix="g/acted/")
+    records = [*plan_records("g/detect", b"d" * 10, 4, "aa"), ("g/acted/inc-1/rollback/0a", b"m1"),
+               *plan_records("g/acted/inc-2/scale_up/0b", b"m" * 9, 4, "bb"), ("g/correlator", b"c")]
+    for offset, (k, v) in enumerate(records):
+        reader.add(k.encode(), v, offset)
+    got = reader.finish()
+    assert sorted(got) == ["g/acted/inc-1/rollback/0a", "g/acted/inc-2/scale_up/0b"]
+    assert got["g/acted/inc-2/scale_up/0b"].data == b"m" * 9
