@@ -135,7 +135,8 @@ def _entry(node: yaml.Node, source: str) -> MetricOverride:
     sensitivity = None
     if (got := get("sensitivity")) is not None:
         val = got[0]
-        if isinstance(val, bool) or not isinstance(val, int | float) or not 0 < float(val) <= 100:
+        # compared as is: float() of a 400-digit integer raises OverflowError
+        if isinstance(val, bool) or not isinstance(val, int | float) or not 0 < val <= 100:
             raise OverrideError(f"{source}:{got[1]}: sensitivity must be a number in (0, 100], got {val!r}")
         sensitivity = float(val)
     direction = None

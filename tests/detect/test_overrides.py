@@ -61,3 +61,9 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_empty_file_means_no_overrides() -> None:
     assert parse_overrides("") == [] and parse_overrides("overrides:\n") == []
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "-" + "1" + "0" * 400, ".nan", "1e400"])
+def test_absurd_sensitivity_is_refused_not_a_crash(value: str) -> None:
+    with pytest.raises(OverrideError, match="detectors.yaml:3: sensitivity"):
+        parse_overrides(f"overrides:\n  - metric: x\n    sensitivity: {value}\n", "detectors.yaml")
