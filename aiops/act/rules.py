@@ -106,7 +106,10 @@ def _to_ts(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected unix seconds or an ISO 8601 time")
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # pydantic reports ValueError with the field's line, not OverflowError
+            raise ValueError("expected unix seconds or an ISO 8601 time, got an integer too large") from None
     if isinstance(v, datetime):
         dt = v
     elif isinstance(v, str):

@@ -32,6 +32,7 @@ r.yaml:4: unknown condition 'chnage' (kn
 from __future__ import annotations
 
 import importlib
+import math
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,9 +246,16 @@ def _globs(ctx: _Ctx, value: Any, line: int, what: str) -> tuple[str, ...]:
 
 
 def _number(ctx: _Ctx, value: Any, line: int, what: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ctx.fail(line, f"{what} must be a number >= {minimum:g}, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a YAML integer of hundreds of digits
+        raise ctx.fail(line, f"{what} must be a finite number, got an integer of {len(str(value))} digits") from None
+    # NaN compares false with everything, so it would slip past the minimum; infinity is no duration.
+    if not math.isfinite(number) or number < minimum:
+        raise ctx.fail(line, f"{what} must be a finite number >= {minimum:g}, got {value!r}")
+    return number
 
 
 def _template(ctx: _Ctx, value: Any, line: int, what: str) -> str:

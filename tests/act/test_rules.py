@@ -28,6 +28,7 @@ def test_defaults_section_applies_to_every_action() -> None:
     ("maintenance:\n  - name: w\n    start: 2026-01-01T00:00:00\n    end: 5\n",
      "x.yaml:3: maintenance.0.start: time 2026-01-01 00:00:00 needs a timezone"),
     ("silences:\n  - {name: s, start: 10, end: 5}\n", "x.yaml:2: silences.0: end must be after start"),
+    ("silences:\n  - {name: s, start: 1" + "0" * 400 + ", end: 5}\n", "x.yaml:2: silences.0.start: expected unix seconds"),
     ("actions:\n  scale_up:\n    preconditions: {signal_names: ['(']}\n",
      "x.yaml:3: actions.scale_up.preconditions.signal_names: bad regex '('"),
     ("retrain: {backend: kafka}\n", "x.yaml:1: retrain: backend kafka needs topic"),

@@ -42,6 +42,10 @@ def test_bundled_rules_load() -> None:
     ("alerts: {}\nbogus: 1\n", 2, "unknown section"),
     ("remediations:\n  - name: a\n    action: x\n    when: {signal: {direction: sideways}}\n", 4, "up or down"),
     ("remediations: [\n", 2, "invalid YAML"),
+    # Numbers float() cannot hold, and NaN (which compares false with any minimum), are refused too.
+    ("remediations:\n  - name: a\n    action: x\n    when: {change: {within_s: 1" + "0" * 400 + "}}\n", 4,
+     "401 digits"),
+    ("remediations:\n  - name: a\n    action: x\n    when: {change: {within_s: .nan}}\n", 4, "finite"),
 ])
 def test_errors_name_file_and_line(text: str, line: int, words: str) -> None:
     with pytest.raises(RulesError) as err:
