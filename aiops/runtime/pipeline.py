@@ -124,12 +124,9 @@ class DetectHalf:
         return self._process(self.reorder.push(record))
 
     def feed_many(self, records: Iterable[Record | PredictionRecord]) -> list[ClosedStep]:
-        out: list[ClosedStep] = []
-        for record in records:
-            released = self.reorder.push(record)
-            if released:
-                out.extend(self._process(released))
-        return out
+        # One call per batch: the released sequence is the one single pushes give, and _process
+        # depends only on that sequence.
+        return self._process(self.reorder.push_many(records))
 
     def advance(self, event_ts: float) -> list[ClosedStep]:
         """Move event time forward with no new record (idle sources in live mode)."""
