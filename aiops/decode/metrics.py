@@ -369,7 +369,8 @@ class MetricDeriver:
             "last": [[name, _labels_out(lb), x.ts, x.value] for (name, lb), x in self._last.items()],
             "rates": [[svc, name, members(m)] for (svc, name), m in self._rates.items()],
             "errors": [[svc, name, members(m)] for (svc, name), m in self._errors.items()],
-            "status_groups": [[svc, name] for svc, name in self._status_groups],
+            # Sorted: a set's order follows string hashes, which differ per process (PYTHONHASHSEED).
+            "status_groups": [[svc, name] for svc, name in sorted(self._status_groups, key=_group_order)],
             "hist": [[svc, base, [[le, members(m)] for le, m in by_le.items()]]
                      for (svc, base), by_le in self._hist.items()],
             "gauges": [[x.sid[0], _labels_out(x.sid[1]), x.value] for x in self._gauges],
@@ -629,6 +630,10 @@ def _service_of(labels: Labels) -> str | None:
         if k == "service":
             return v
     return None
+
+
+def _group_order(group: GroupKey) -> tuple[bool, str, str]:
+    return group[0] is None, group[0] or "", group[1]
 
 
 def _prune(members: dict[Labels, _Member], oldest: int) -> bool:

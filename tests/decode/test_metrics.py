@@ -212,3 +212,16 @@ def test_a_snapshot_listing_a_gauge_it_does_not_track_is_refused() -> None:
     data["gauges"].append(["other_gauge", [["service", "api"]], 2.0])
     with pytest.raises(ValueError, match="other_gauge"):
         MetricDeriver.from_snapshot(data, STEP, 4, 20, Rejects(log_examples=False))
+
+
+def test_snapshot_lists_status_groups_in_a_fixed_order() -> None:
+    # A set's order follows string hashes (different in every process): the snapshot must not.
+    services = ["redis", "catalog", "api", "zeta", "cart"]
+    snaps = []
+    for order in (services, services[::-1]):
+        d = deriver()
+        for svc in order:
+            d.add(MetricSample(0.0, "http_requests_total", make_labels({"service": svc, "code": "500"}), 1.0))
+        d.add(MetricSample(0.0, "http_requests_total", (("code", "200"),), 1.0))  # no service label
+        snaps.append(d.snapshot()["status_groups"])
+    assert snaps[0] == snaps[1] == [[s, "http_requests_total"] for s in sorted(services)] + [[None, "http_requests_total"]]
