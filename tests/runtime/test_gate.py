@@ -7,10 +7,12 @@ exactly the decisions one pipeline over all records gives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -221,3 +223,80 @@ def test_partitioned_detection_through_the_gate_decides_like_one_pipeline(
             restored = True
     assert restored and gate.duplicate_steps > 0 and gate.late_items == 0
     assert decisions == single
+
+
+# -- scale-out: records fetched while a newly assigned partition is restored ----------------------------
+
+
+class _FetchingConsumer:
+    """An aiokafka consumer double: what the daemon asks of it when partitions are assigned."""
+
+    def __init__(self) -> None:
+        self.sought: dict[Any, int] = {}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought[tp] = offset
+
+    async def committed(self, tp: Any) -> int | None:
+        return 7
+
+    def assignment(self) -> set[Any]:
+        return set()
+
+
+class _Producer:
+    """Acknowledges every message at once."""
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _SlowChangelog:
+    """Loading a checkpoint takes a while; meanwhile the source hands over a batch of the new partition."""
+
+    def __init__(self, during: Any) -> None:
+        self.during = during
+
+    async def load_checkpoint(self, partition: int, key: str) -> None:
+        await self.during()
+        return None  # cold: the partition starts at the group's committed offset
+
+
+def test_a_batch_fetched_while_a_partition_is_restored_is_dropped_and_read_again() -> None:
+    """Regression (scale-out fault test under load): the new owner of a killed instance's partition fed the
+    records it fetched from the committed offsets during the restore, then read them again after seeking to
+    the restored state's offsets: log lines counted twice, duplicate samples, a spurious incident update."""
+    from aiokafka import TopicPartition
+
+    from aiops.records import LogRecord
+    from aiops.runtime.scaleout import ScaleOutDaemon, _Epoch
+    from aiops.sources.kafka import KafkaBatch
+
+    settings = load_settings(env={"AIOPS_RULES_DIR": "rules", "AIOPS_LIVE__MODE": "scale_out"})
+    rules = load_rules(settings.rules_dir)
+    d = ScaleOutDaemon(settings, rules, Topology.from_mapping(rules.topology_mapping()), step_s=15.0)
+    consumer = _FetchingConsumer()
+    assert d.kafka is not None
+    d.kafka.consumer = consumer  # type: ignore[assignment]
+    d._producer = _Producer()  # type: ignore[assignment]
+    tp = TopicPartition("logs", 3)
+    record = LogRecord(1500.0, "frontend", "upstream 500", level="ERROR")
+    batch = KafkaBatch(records=[record], offsets={tp: 8}, messages=1, by_partition={3: [record]})
+    queued: list[_Epoch] = []
+
+    async def fetched_meanwhile() -> None:  # what _consume_kafka does with a batch the source yields now
+        queued.append(_Epoch(batch.records, "kafka", 0.0, batch, epoch=d._epoch))
+
+    d.changelog = _SlowChangelog(fetched_meanwhile)  # type: ignore[assignment]
+
+    async def run() -> None:
+        await d._on_assigned({tp})
+        for item in queued:
+            await d._handle(item)
+
+    asyncio.run(run())
+    assert consumer.sought == {tp: 7}  # read again from where the (cold) state starts
+    assert d._parts[3].half.stats.log_lines == 0  # not fed now: it comes again after the seek
+    assert d.m_dropped._value.get() == 1
