@@ -15,6 +15,7 @@ Life of an action (see :class:`~aiops.act.ledger.ActionState`)::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -182,6 +183,17 @@ class ActionCore:
                               output=(self._out(now, action, ActionOutcome.FAILED, why, dry_run=False),
                                       self._escalate(now, t, why))))
         return steps
+
+    def escalations(self, skip: Collection[str] = ()) -> list[Alert]:
+        """The escalation alert of every failed action the book holds, except those in ``skip`` (action ids).
+
+        Every failure escalates, with the failure's event time and reason, so the alert rebuilt
+        from the book equals the one sent then. A restarted daemon uses it for failures its
+        checkpoint does not cover (decided after it, or written just before a crash).
+        """
+        return [self._escalate(t.last_ts, t, t.reason)
+                for t in sorted(self.book.with_state(ActionState.FAILED), key=lambda t: (t.last_ts, t.action_id))
+                if t.action_id not in skip]
 
     def incident(self, incident_id: str) -> Incident | None:
         """The latest snapshot seen of an incident (context for its actions and their verification)."""

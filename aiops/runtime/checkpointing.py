@@ -13,8 +13,10 @@ The live shell (:mod:`aiops.runtime.live`) uses one :class:`Checkpointer` to
   at most the records after the last checkpoint, and loses none.
 
 Besides the pipeline, a checkpoint carries the alerts that were firing (``live`` part of the
-state): a restarted daemon announces them again to its sinks, which keep only in-memory state,
-so an incident that is still open stays active in Alertmanager instead of expiring.
+state, a :class:`~aiops.notify.firing.FiringAlerts` snapshot: incidents' own alerts and the act
+stage's escalations) and the open incidents: a restarted daemon announces them again to its sinks,
+which keep only in-memory state, so an incident that is still open, and an escalation about it,
+stay active in Alertmanager instead of expiring.
 
 Self-metrics (on the daemon's registry): ``aiops_checkpoint_duration_seconds`` (snapshot, encode,
 write), ``aiops_checkpoint_age_seconds`` (since the last successful checkpoint, or since start
@@ -55,7 +57,8 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from aiops.records import Alert, AlertStatus
+from aiops.notify.firing import FiringAlerts, alert_out, alerts_in
+from aiops.records import Alert
 from aiops.runtime.pipeline import Pipeline
 from aiops.state.base import CheckpointStore, Offsets
 from aiops.state.pipeline_state import resume, snapshot_pipeline
@@ -72,7 +75,9 @@ class Restored:
 
     offsets: dict[tuple[str, int], int]
     event_ts: float | None  # the pipeline watermark the state covers
-    firing: tuple[Alert, ...]
+    firing: tuple[Alert, ...]  # everything firing: incidents' own alerts first, then escalations
+    alerts: FiringAlerts | None = None  # the same, as the tracker the daemon continues with
+    open_incidents: tuple[str, ...] = ()  # open incident ids (older checkpoints: those with a firing alert)
 
 
 def checkpoint_name(group_id: str | None) -> str:
@@ -138,13 +143,15 @@ class Checkpointer:
         if cp is None:
             self.log.info("checkpoint_none", detail="cold start")
             return None
-        firing = _alerts_in(cp.state.get(LIVE_KEY), self.log)
+        alerts, open_incidents = live_part_in(cp.state.get(LIVE_KEY), self.log)
+        firing = tuple(alerts.alerts())
         self._last_ok = self.clock()
         self.log.info("checkpoint_restored", event_ts=cp.created_event_ts, offsets=_offsets_out(cp.offsets),
                       firing=len(firing), seconds=round(time.perf_counter() - started, 3))
-        return Restored(dict(cp.offsets), cp.created_event_ts, firing)
+        return Restored(dict(cp.offsets), cp.created_event_ts, firing, alerts, open_incidents)
 
-    def save(self, pipeline: Pipeline, offsets: Offsets, firing: Iterable[Alert] = ()) -> bool:
+    def save(self, pipeline: Pipeline, offsets: Offsets, firing: Iterable[Alert] | FiringAlerts = (),
+             open_incidents: Iterable[str] = ()) -> bool:
         """Checkpoint ``pipeline`` with the ``offsets`` after its last record; ``True`` once durable.
 
         Do not feed the pipeline until this returns (it may run in a worker thread). A failure
@@ -154,7 +161,7 @@ class Checkpointer:
         started = time.perf_counter()
         try:
             state = snapshot_pipeline(pipeline)
-            state[LIVE_KEY] = {"firing": [_alert_out(a) for a in firing]}
+            state[LIVE_KEY] = live_part_out(firing, open_incidents)
             wm = pipeline.reorder.watermark
             self.store.save(state, event_ts=wm if math.isfinite(wm) else None, offsets=offsets)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: keep running, do not commit
@@ -173,23 +180,28 @@ def _offsets_out(offsets: Mapping[tuple[str, int], int]) -> dict[str, int]:
     return {f"{t}/{p}": o for (t, p), o in sorted(offsets.items())}
 
 
-def _alert_out(a: Alert) -> dict[str, Any]:
-    return {"ts": a.ts, "incident_id": a.incident_id, "status": a.status.value,
-            "labels": [list(x) for x in a.labels], "annotations": [list(x) for x in a.annotations]}
+def live_part_out(firing: Iterable[Alert] | FiringAlerts, open_incidents: Iterable[str] = ()) -> dict[str, Any]:
+    """The live shell's part of a checkpoint: the firing alerts (own and escalations) and the open incidents."""
+    if not isinstance(firing, FiringAlerts):
+        # Plain alerts are incidents' own (the daemon passes its tracker, which knows escalations).
+        return {"firing": [alert_out(a) for a in firing], "open": sorted(open_incidents)}
+    return {**firing.snapshot(), "open": sorted(open_incidents)}
 
 
-def _alerts_in(live: Any, logger: Any) -> tuple[Alert, ...]:
+def live_part_in(live: Any, logger: Any) -> tuple[FiringAlerts, tuple[str, ...]]:
+    """Undo :func:`live_part_out`; a damaged part loses only the re-announcement, never the restore."""
     if live is None:
-        return ()
+        return FiringAlerts(), ()
     try:
-        return tuple(Alert(ts=float(x["ts"]), incident_id=str(x["incident_id"]), status=AlertStatus(x["status"]),
-                           labels=tuple((str(k), str(v)) for k, v in x["labels"]),
-                           annotations=tuple((str(k), str(v)) for k, v in x["annotations"]))
-                     for x in live["firing"])
-    except (KeyError, TypeError, ValueError) as exc:
+        alerts = FiringAlerts.from_snapshot(live)
+        opened = live.get("open")
+        open_incidents = (tuple(sorted(alerts.incidents())) if opened is None
+                          else tuple(sorted({str(x) for x in opened} | alerts.incidents())))
+        return alerts, open_incidents
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         # The pipeline state is good; only the re-announcement is lost (alerts fire again on their next update).
         logger.warning("checkpoint_live_part_unusable", error=repr(exc))
-        return ()
+        return FiringAlerts(), ()
 
 
-__all__ = ["LIVE_KEY", "Checkpointer", "Restored", "checkpoint_name"]
+__all__ = ["LIVE_KEY", "Checkpointer", "Restored", "checkpoint_name", "live_part_in", "live_part_out"]

@@ -58,11 +58,13 @@ import structlog
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from aiops.act.ledger import ActionState
 from aiops.act.stage import ActStage
 from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
 from aiops.notify.base import Sink
+from aiops.notify.firing import FiringAlerts
 from aiops.observe.http import HttpServer
 from aiops.observe.metrics import SelfMetrics, StageCollector
 from aiops.observe.rejects import Rejects
@@ -164,7 +166,7 @@ class LiveDaemon:
         self._resume_offsets: dict[tuple[str, int], int] = {}  # from the restored checkpoint: seek here
         self._offsets: dict[TopicPartition, int] = {}  # after the last record fed to the pipeline
         self._dirty = False  # fed or advanced since the last checkpoint
-        self._firing: dict[str, Alert] = {}  # the pipeline's firing alerts, re-announced after a restart
+        self._firing = FiringAlerts()  # incidents' alerts and escalations firing now, re-announced after a restart
         self._open: set[str] = set()
         self._newest_ts: float | None = None
         self._newest_wall = 0.0
@@ -268,33 +270,59 @@ class LiveDaemon:
         if restored is not None:
             self._resume_offsets = dict(restored.offsets)
             self._offsets = {TopicPartition(t, p): o for (t, p), o in restored.offsets.items()}
+            self._reannounce(restored.alerts or FiringAlerts(), restored.open_incidents)
             wm = self.pipeline.reorder.watermark
             if math.isfinite(wm):
                 # Idle advance continues from the newest record the state has seen.
                 self._newest_ts = wm + self.settings.runtime.lateness_s
                 self._newest_wall = self._last_input_wall = self.clock()
+                # After the re-announcement: an in-doubt action's escalation comes after its incident's alert.
                 await self._start_act(wm)
-            for alert in restored.firing:
-                # Sinks keep no state across restarts: say again what is firing, with its original start.
-                self._firing[alert.incident_id] = alert
-                self._open.add(alert.incident_id)
-                for sink in self.sinks:
-                    sink.send(alert)
             self.metrics.open_incidents.set(len(self._open))
         self._state_loaded = True
+
+    def _reannounce(self, firing: FiringAlerts, open_incidents: tuple[str, ...]) -> None:
+        """Sinks keep no state across restarts: say again what is firing, with its original start.
+
+        That is every alert the checkpoint holds (incidents' own, then escalations), and the
+        escalation of every failed action in the ledger that the checkpoint did not know was
+        sent (it failed after the checkpoint, or the daemon died between the ledger write and the
+        sinks) while its incident is open: the replayed tail cannot repeat it, the ledger already
+        holds the failure.
+        """
+        self._firing = firing
+        self._open = set(open_incidents)
+        for alert in firing.alerts():
+            for sink in self.sinks:
+                sink.send(alert)
+        if self.act is None or not firing.escalations_known:
+            return
+        for alert in self.act.executor.core.escalations(skip=firing.escalated):
+            if alert.incident_id in self._open:
+                log.warning("escalation_reannounced", incident_id=alert.incident_id, labels=dict(alert.labels))
+                firing.add(alert, escalation=True)
+                for sink in self.sinks:
+                    sink.send(alert)
 
     async def _checkpoint(self) -> None:
         """Checkpoint between batches, then commit the offsets it covers (never before)."""
         assert self.checkpointer is not None
         offsets = {(tp.topic, tp.partition): off for tp, off in self._offsets.items()}
+        self._forget_escalations()
         # The processor awaits this: nothing feeds the pipeline while the worker thread snapshots it.
-        ok = await asyncio.to_thread(self.checkpointer.save, self.pipeline, offsets, list(self._firing.values()))
+        ok = await asyncio.to_thread(self.checkpointer.save, self.pipeline, offsets, self._firing, set(self._open))
         if not ok:
             return
         self._dirty = False
         if self.kafka is not None and self._offsets:
             self.kafka.mark_processed(KafkaBatch(records=[], offsets=dict(self._offsets), messages=0))
             await self.kafka.commit()
+
+    def _forget_escalations(self) -> None:
+        """Remember sent escalations only while the ledger's book holds their actions (bounded)."""
+        if self.act is not None:
+            book = self.act.executor.ledger.book
+            self._firing.forget({t.action_id for t in book.with_state(ActionState.FAILED)})
 
     # -- act -----------------------------------------------------------------------------
 
@@ -405,6 +433,7 @@ class LiveDaemon:
             self.metrics.decisions.labels("incident", d.status.value).inc()
             if d.status is IncidentStatus.RESOLVED:
                 self._open.discard(d.id)
+                self._firing.end(d.id)
             else:
                 self._open.add(d.id)
             top = d.root_causes[0].service if d.root_causes else None
@@ -413,12 +442,13 @@ class LiveDaemon:
         elif isinstance(d, Alert):
             self.metrics.decisions.labels("alert", d.status.value).inc()
             if not acted:
-                if d.status is AlertStatus.FIRING:
-                    self._firing[d.incident_id] = d
-                else:
-                    self._firing.pop(d.incident_id, None)
+                self._firing.add(d)
             else:
                 log.warning("escalation", incident_id=d.incident_id, labels=dict(d.labels))
+                if d.status is AlertStatus.FIRING and d.incident_id in self._open:
+                    # Kept (and re-announced after a restart) until its incident resolves; one about an
+                    # incident already over would otherwise be re-announced for ever.
+                    self._firing.add(d, escalation=True)
             for sink in self.sinks:
                 sink.send(d)
         elif isinstance(d, Action):

@@ -47,7 +47,8 @@ from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
 from aiops.records import Action, ActionOutcome, Decision, Incident
-from aiops.runtime.checkpointing import LIVE_KEY, _alert_out, _alerts_in
+from aiops.notify.firing import FiringAlerts
+from aiops.runtime.checkpointing import LIVE_KEY, live_part_in, live_part_out
 from aiops.runtime.gate import ProgressGate, steps_message
 from aiops.runtime.live import InboxItem, LiveDaemon
 from aiops.runtime.pipeline import ClosedStep, CorrelateHalf, DetectHalf, PipelineStats
@@ -605,12 +606,12 @@ class ScaleOutDaemon(LiveDaemon):
                     cp = await self.changelog.load_checkpoint(CORRELATOR_PARTITION, self.correlator_key)
                 except (KafkaError, OSError, TimeoutError, ValueError) as exc:
                     log.error("correlator_restore_failed", error=repr(exc))
-                firing: tuple[Any, ...] = ()
+                firing, open_incidents = FiringAlerts(), ()
                 if cp is not None:
                     try:
                         restore_correlate(self.correlate, cp.state["correlate"])
                         self.gate = self._new_gate(cp.state["gate"])
-                        firing = _alerts_in(cp.state.get(LIVE_KEY), log)
+                        firing, open_incidents = live_part_in(cp.state.get(LIVE_KEY), log)
                     except (IncompatibleState, KeyError, TypeError, ValueError) as exc:
                         await self.changelog.set_aside(CORRELATOR_PARTITION, self.correlator_key,
                                                        "incompatible_state", str(exc))
@@ -625,13 +626,7 @@ class ScaleOutDaemon(LiveDaemon):
                 if offset is not None:
                     consumer.seek(tp, offset)
                     self._corr_offset = offset
-                self._firing.clear()
-                self._open.clear()
-                for alert in firing:
-                    self._firing[alert.incident_id] = alert
-                    self._open.add(alert.incident_id)
-                    for sink in self.sinks:
-                        sink.send(alert)
+                self._reannounce(firing, open_incidents)
                 self.metrics.open_incidents.set(len(self._open))
                 self._count("correlate", self.correlate.stats, baseline=True)
                 self._owner = True
@@ -639,7 +634,8 @@ class ScaleOutDaemon(LiveDaemon):
                 self.m_owner.set(1)
                 self.m_restored.labels("correlator", "warm" if cp is not None else "cold").inc()
                 log.info("correlator_acquired", warm=cp is not None, offset=offset,
-                         next_step=self.gate.next_step, firing=len(firing), actions_handed=len(self._acted))
+                         next_step=self.gate.next_step, firing=len(self._firing.alerts()),
+                         actions_handed=len(self._acted))
         finally:
             self._corr_restoring = False
 
@@ -657,8 +653,9 @@ class ScaleOutDaemon(LiveDaemon):
         if not self._owner or not self._corr_dirty or self._corr_offset is None:
             return
         assert self.changelog is not None
+        self._forget_escalations()
         state = {"correlate": snapshot_correlate(self.correlate), "gate": self.gate.snapshot(),
-                 LIVE_KEY: {"firing": [_alert_out(a) for a in self._firing.values()]}}
+                 LIVE_KEY: live_part_out(self._firing, self._open)}
         tp = TopicPartition(self.settings.live.signals_topic, 0)
         wm = self.gate.watermark
         try:
