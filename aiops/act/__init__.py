@@ -12,6 +12,7 @@ Layout (pure core, thin async shell)::
     kube.py      scale_up (scale subresource) and rollback (``kubectl rollout undo``) via kubernetes_asyncio
     retrain.py   retrain via an HTTP pipeline endpoint, a Kafka message or a Kubernetes Job
     stage.py     ActStage: what the daemon wires (decisions in, tick, HTTP approval routes)
+    handover.py  ActJournal: an action's ledger entries, journaled for the next correlator owner (scale-out)
     approve.py   ``aiops approve ID`` / ``aiops approve --list``
     metrics.py   aiops_action_state_changes_total, aiops_action_refusals_total, aiops_actions_in_flight
 

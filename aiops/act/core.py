@@ -195,6 +195,13 @@ class ActionCore:
                 for t in sorted(self.book.with_state(ActionState.FAILED), key=lambda t: (t.last_ts, t.action_id))
                 if t.action_id not in skip]
 
+    def remember(self, incident: Incident) -> None:
+        """Take an incident snapshot as context without verifying anything (one handed over from another
+        instance); a newer snapshot already seen wins."""
+        known = self._incidents.get(incident.id)
+        if known is None or incident.ts >= known.ts:
+            self._incidents[incident.id] = incident
+
     def incident(self, incident_id: str) -> Incident | None:
         """The latest snapshot seen of an incident (context for its actions and their verification)."""
         return self._incidents.get(incident_id)

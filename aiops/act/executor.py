@@ -12,13 +12,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import structlog
 
 from aiops.act.core import ActionCore, ActResult, Execution, Step
-from aiops.act.ledger import Ledger
+from aiops.act.ledger import Ledger, LedgerEntry
 from aiops.records import Action, ActionOutcome, Alert, Incident
 
 log = structlog.get_logger(__name__)
 
 Actuator = Callable[[Execution], Awaitable[ActResult]]
 """Carries out one action; reports done / refused / failed. Must not raise for expected failures."""
+
+Journal = Callable[[Sequence[LedgerEntry]], Awaitable[None]]
+"""Copies ledger entries elsewhere (scale-out: the changelog, for the next correlator owner)."""
 
 
 class Executor:
@@ -30,6 +33,9 @@ class Executor:
         self.core = core
         self.ledger = ledger
         self.actuators = dict(actuators)
+        # Awaited after every ledger write (and with entries other processes appended), before any
+        # actuator call: whoever reads the journal is never behind what was done.
+        self.journal: Journal | None = None
 
     async def start(self, now: float) -> list[Action | Alert]:
         """Call once after (re)start: actions left executing by a crash are failed, not repeated."""
@@ -45,15 +51,20 @@ class Executor:
 
     async def tick(self, now: float) -> list[Action | Alert]:
         """Pick up approvals written by other processes, then advance the core's clock."""
-        self.ledger.refresh()
+        await self._journal(self.ledger.refresh())
         return await self._run_all(self.core.tick(now))
 
     async def approve(self, aid: str, by: str, now: float) -> bool:
         """An approval through the daemon (authenticated HTTP); runs on the next tick."""
-        self.ledger.refresh()
+        await self._journal(self.ledger.refresh())
         step = self.core.approve(aid, by, now)
         self.ledger.append(step.entries)
+        await self._journal(step.entries)
         return bool(step.entries)
+
+    async def _journal(self, entries: Sequence[LedgerEntry]) -> None:
+        if entries and self.journal is not None:
+            await self.journal(entries)
 
     async def _run_all(self, steps: Sequence[Step]) -> list[Action | Alert]:
         out: list[Action | Alert] = []
@@ -63,6 +74,7 @@ class Executor:
 
     async def _run(self, step: Step) -> list[Action | Alert]:
         self.ledger.append(step.entries)  # durable before anything below happens
+        await self._journal(step.entries)
         out: list[Action | Alert] = list(step.output)
         ex = step.execute
         if ex is None:
@@ -79,4 +91,5 @@ class Executor:
         # The result's time is the time the action was decided at: event time, not the wall clock.
         finish = self.core.finish(ex.action_id, result, self.core.book.get(ex.action_id).last_ts)  # type: ignore[union-attr]
         self.ledger.append(finish.entries)
+        await self._journal(finish.entries)
         return out + list(finish.output)

@@ -35,6 +35,7 @@ import math
 import re
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -43,6 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aiops.act.handover import ActJournal
+from aiops.act.ledger import LedgerEntry
 from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
@@ -103,6 +106,7 @@ class ScaleOutDaemon(LiveDaemon):
         self.correlator_key = f"{group}/correlator"
         self.acted_prefix = f"{group}/acted/"
         self._acted: set[str] = set()  # planned actions some correlator owner handed to its act stage
+        self.journal = ActJournal(self._action_key)  # their ledger entries, for the next owner
         self.correlate_group = f"{group}.correlate"
         stale_s = settings.live.stale_s
         self.stale_steps = max(1, math.ceil(stale_s / self.step_s)) if stale_s > 0 else None
@@ -565,9 +569,54 @@ class ScaleOutDaemon(LiveDaemon):
         self.metrics.open_incidents.set(len(self._open))
 
     def _acted_key(self, a: Action) -> str:
-        target = zlib.crc32(json.dumps(sorted(a.target), separators=(",", ":")).encode())
-        incident, kind = (re.sub(r"[^A-Za-z0-9_.=:-]", "_", x) for x in (a.incident_id, a.type))
-        return f"{self.acted_prefix}{incident}/{kind}/{target:08x}"
+        return self._action_key(a.incident_id, a.type, a.target)
+
+    def _action_key(self, incident_id: str, kind: str, target: tuple[tuple[str, str], ...]) -> str:
+        crc = zlib.crc32(json.dumps(sorted(target), separators=(",", ":")).encode())
+        incident, kind = (re.sub(r"[^A-Za-z0-9_.=:-]", "_", x) for x in (incident_id, kind))
+        return f"{self.acted_prefix}{incident}/{kind}/{crc:08x}"
+
+    async def _journal_entries(self, entries: Sequence[LedgerEntry]) -> None:
+        """The act stage wrote ledger entries: store each touched action's history under its marker key.
+
+        Awaited by the executor before any actuator call, so the next owner never knows less than
+        was done. A failed write is logged and the action goes on (as a failed marker write does):
+        the next owner would then continue from the entry before.
+        """
+        if not self._owner or self.changelog is None:
+            # An approval posted to an instance that does not own the correlator lands in its own
+            # ledger only; the owner never sees it (approve on the owner).
+            log.warning("act_journal_not_owner", entries=len(entries))
+            return
+        core = self.act.executor.core if self.act is not None else None
+        for key, value in self.journal.record(entries, core.incident if core is not None else lambda _: None).items():
+            try:
+                await self.changelog.save(CORRELATOR_PARTITION, key, value, event_ts=max(e.ts for e in entries))
+            except Exception as exc:  # noqa: BLE001 - broker trouble: the action itself goes on
+                log.error("act_journal_failed", key=key, error=repr(exc))
+
+    def _import_act(self) -> None:
+        """A new owner takes over what earlier owners' act stages were tracking (see aiops/act/handover.py).
+
+        The journal's entries its own ledger lacks are appended to it, so its act stage continues
+        approval waits and verifications; the act stage is started again at the next release, which
+        fails an action left executing as in doubt (it may have run) and escalates it.
+        """
+        if self.act is None:
+            return
+        self.act.executor.journal = self._journal_entries
+        ledger = self.act.executor.ledger
+        wm = self.gate.watermark
+        since = wm - self.act.retention_s if math.isfinite(wm) and self.act.retention_s is not None else None
+        missing = self.journal.missing(ledger.book, since)
+        ledger.append(missing)
+        for inc in self.journal.incidents():
+            self.act.executor.core.remember(inc)
+        self._act_next_tick = None
+        pending = sorted({ledger.book.get(e.action_id).state.value for e in missing  # type: ignore[union-attr]
+                          if ledger.book.get(e.action_id) is not None})
+        log.info("act_tracking_imported", entries=len(missing), actions=len({e.action_id for e in missing}),
+                 states=pending, journaled=len(self.journal), unreadable=self.journal.unreadable)
 
     async def _hand_over(self, a: Action) -> bool:
         """Whether this planned action goes to the act stage: not if an earlier correlator owner handed it over.
@@ -583,9 +632,10 @@ class ScaleOutDaemon(LiveDaemon):
         if key in self._acted:
             log.warning("action_already_handed_over", incident_id=a.incident_id, type=a.type, key=key)
             return False
+        context = self.act.executor.core.incident(a.incident_id) if self.act is not None else None
         try:
-            await self.changelog.save(CORRELATOR_PARTITION, key, {"incident_id": a.incident_id, "type": a.type,
-                                                                   "target": [list(x) for x in a.target]},
+            await self.changelog.save(CORRELATOR_PARTITION, key,
+                                      self.journal.value(key, a.incident_id, a.type, a.target, context),
                                       event_ts=a.ts)
         except Exception as exc:  # noqa: BLE001 - unrecorded: hand it over anyway (the single daemon's guarantee)
             log.error("action_marker_failed", incident_id=a.incident_id, type=a.type, error=repr(exc))
@@ -619,9 +669,12 @@ class ScaleOutDaemon(LiveDaemon):
                         self.gate = self._new_gate()
                         cp = None
                 try:
-                    self._acted = set(await self.changelog.restore(CORRELATOR_PARTITION, prefix=self.acted_prefix))
+                    markers = await self.changelog.restore(CORRELATOR_PARTITION, prefix=self.acted_prefix)
+                    self._acted = set(markers)
+                    self.journal.load({k: m.state for k, m in markers.items()})
                 except (KafkaError, OSError, TimeoutError, ValueError) as exc:
                     log.error("action_markers_unread", error=repr(exc))
+                self._import_act()
                 offset = cp.offsets.get((tp.topic, tp.partition)) if cp is not None else None
                 if offset is not None:
                     consumer.seek(tp, offset)

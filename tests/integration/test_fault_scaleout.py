@@ -180,8 +180,9 @@ def test_kill_one_of_three_instances(
     kafka_bootstrap: str, alertmanager: Alertmanager, kube: _KubeThread, tmp_path: Path, victim_role: str,
 ) -> None:
     """``detector``: the victim detects on some partitions; ``correlator``: it also owns the correlator, and is
-    killed as soon as the rollback is planned, so the new owner replays that decision (unless a correlator
-    checkpoint slipped in between): the hand-over marker in the changelog must keep it from running twice."""
+    killed as soon as the rollback is done, so the new owner replays that decision (unless a correlator
+    checkpoint slipped in between): the hand-over marker in the changelog must keep it from running twice,
+    and the act journal next to it must let the new owner verify the rollback (and escalate its failure)."""
     from ..act.kube_double import write_kubeconfig
 
     scenario = load_scenario(SCENARIO)
@@ -294,6 +295,18 @@ def test_kill_one_of_three_instances(
               f"replayed hand-overs refused: {len(handed)}")
         if not covered:
             assert handed, "the new correlator owner replayed the planned rollback: the marker must refuse it"
+        # The victim was killed once the rollback was done, before its verification: the new owner took the
+        # tracking over from the changelog journal and finished it. Recorded data cannot react to the
+        # rollback, so verification fails there and escalates (as in the single daemon): once, never a retry.
+        imported = [d for i in survivors for d in _events(i.log, "act_tracking_imported") if d["entries"]]
+        assert imported and "done" in imported[0]["states"], imported
+        finished = [(d["type"], d["outcome"], d["reason"]) for i in survivors for d in _lines(i.out)
+                    if d["kind"] == "action" and d["outcome"] != "planned"]
+        assert [(t, o) for t, o, _ in finished] == [("rollback", "failed")], finished
+        assert finished[0][2].startswith("verification failed"), finished
+        escalated = [d for i in survivors for d in _lines(i.out)
+                     if d["kind"] == "alert" and d["labels"].get("alertname") == "AiopsRemediationFailed"]
+        assert [d["incident_id"] for d in escalated] == [iid], escalated
     # Exactly the scenario's incident, once: no second id in Alertmanager, none lost.
     decisions = [d for i in instances for d in _lines(i.out)]
     ids = {d["id"] for d in decisions if d["kind"] == "incident"}
