@@ -11,7 +11,9 @@ Three kinds of signal, all keyed by service:
    own baseline (:class:`~aiops.logs.baseline.RateBaseline`): WARN+ / error-word templates by a
    moderate margin, any other template only by a large factor. Only templates with a mature
    baseline qualify, so routine INFO and steady WARN lines never signal.
-3. **Error burst** (name ``log_errors``): ERROR+ lines per step of the service vs their baseline.
+3. **Error burst** (name ``log_errors``): ERROR+ lines per step of the service vs their baseline
+   (a template with its own open signal counts there at its usual rate only: its excess is told
+   once, and the baseline keeps the service's usual errors through the burst).
 
 **Template cap: eviction, counted and visible.** Each service's miner keeps at most
 ``LogSettings.max_templates_per_service`` templates and evicts the least recently seen one to
@@ -201,7 +203,7 @@ class _Service:
     """Everything the stage keeps for one service: its miner, template stats, error counts."""
 
     __slots__ = ("name", "first_ts", "miner", "stats", "touched", "err", "err_count", "err_first_ts", "err_tids",
-                 "evicted_warned", "evict_warned_ts")
+                 "evicted_warned", "evict_warned_ts", "err_told")
 
     def __init__(self, name: str, first_ts: float, miner: TemplateMiner) -> None:
         self.name = name
@@ -213,6 +215,7 @@ class _Service:
         self.err_count = 0
         self.err_first_ts = first_ts
         self.err_tids: Counter[str] = Counter()
+        self.err_told: Counter[str] = Counter()  # error lines of this step told by their template's own signal
         self.evicted_warned = miner.evicted  # the miner's eviction count at the last warning
         self.evict_warned_ts: float | None = None
 
@@ -275,12 +278,15 @@ class LogStage:
         if len(st.samples) < SAMPLES:
             st.samples.append(message[:300])
         # Lines of a template that already has its own open signal would only repeat that evidence.
-        if (rank is None and st.errorish or rank is not None and rank >= 2) and st.burst_active is None:
-            svc.err.last_ts = ts
-            if svc.err_count == 0:
-                svc.err_first_ts = ts
-            svc.err_count += 1
-            svc.err_tids[st.tid] += 1
+        if rank is None and st.errorish or rank is not None and rank >= 2:
+            if st.burst_active is not None:
+                svc.err_told[st.tid] += 1
+            else:
+                svc.err.last_ts = ts
+                if svc.err_count == 0:
+                    svc.err_first_ts = ts
+                svc.err_count += 1
+                svc.err_tids[st.tid] += 1
         if st.new_state == "candidate":
             out.extend(self._new_candidate(svc, st, ts))
         return out
@@ -492,11 +498,22 @@ class LogStage:
         st = svc.err
         c = svc.err_count
         # Errors of templates with their own open signal (or confirming one as new) are told there;
-        # counting them again would double the evidence for one cause.
+        # counting them again would double the evidence for one cause. Their usual share stays in
+        # the count (at most what they logged), since the baseline holds it: when the bursting
+        # template is the one that carries the service's usual errors (callers' "upstream X returned
+        # 500"), leaving it all out would teach the baseline zero during the burst, and the usual rate
+        # would then look like an error burst of its own for an hour after the template calmed down.
+        told = svc.err_told  # left out of err_count as their lines came (a burst was open)
         for tid, n in svc.err_tids.items():
             tst = svc.stats.get(tid)
             if tst is not None and (tst.burst_active is not None or tst.new_state == "candidate"):
+                told[tid] += n
                 c -= n
+        for tid, n in told.items():
+            tst = svc.stats.get(tid)
+            # a new template (confirming or told as new) has no usual share, nor has a young one
+            if tst is not None and tst.new_state in ("", "done") and tst.baseline.n >= MATURE_STEPS:
+                c += min(n, round(tst.baseline.mean))
         base = st.baseline
         mean = base.mean
         z = base.z(c)
@@ -541,6 +558,7 @@ class LogStage:
             st.burst_run = 0
             base.update(c)
         svc.err_count = 0
+        svc.err_told.clear()
         svc.err_tids.clear()
 
     def _prune(self, svc: _Service) -> None:
@@ -564,6 +582,7 @@ class LogStage:
                 "err_count": svc.err_count,
                 "err_first_ts": svc.err_first_ts,
                 "err_tids": dict(svc.err_tids),
+                "err_told": dict(svc.err_told),
             }
         return {"version": SNAPSHOT_VERSION, "step": self._step, "lines": self.lines, "services": services}
 
@@ -586,6 +605,7 @@ class LogStage:
             svc.err_count = int(d["err_count"])
             svc.err_first_ts = float(d["err_first_ts"])
             svc.err_tids = Counter({str(k): int(v) for k, v in d["err_tids"].items()})
+            svc.err_told = Counter({str(k): int(v) for k, v in d.get("err_told", {}).items()})  # absent: older
             stage._services[name] = svc
         return stage
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from aiops.config import LogSettings
 from aiops.logs.stage import LogStage
 from aiops.records import LogRecord, Signal
@@ -228,3 +230,30 @@ def test_a_new_template_whose_variants_merge_signals_once_under_the_surviving_id
     assert len(onsets) == 1, onsets
     miner = stage._services["api"].miner
     assert miner.get(onsets[0].name).text == "login failed for user <*> from the admin console"
+
+
+def test_a_long_burst_of_the_template_that_carries_the_usual_errors_leaves_no_error_burst_behind():
+    # A caller's usual errors are nearly all one template ("upstream X returned 500"). While that
+    # template bursts for 40 minutes it has its own signal and its lines are not counted as the
+    # service's errors; the service's error baseline must not learn those near-empty steps, or the
+    # usual rate looks like an error burst of its own for an hour once the template calms down.
+    rng = random.Random(11)
+    stage = LogStage(LogSettings(warmup_s=300))
+
+    def usual(k: int, n: tuple[int, int]) -> list[tuple[str, str | None, str]]:
+        lines = _routine(k, rng)
+        for _ in range(rng.randint(*n)):
+            up = rng.choice(("cart", "catalog", "auth", "search"))
+            lines.append(("api", "ERROR", f"upstream {up} returned 503 after {rng.randint(5, 900)} ms "
+                                          f"(request_id={rng.getrandbits(40):x})"))
+        return lines
+
+    assert _run(stage, lambda k: usual(k, (5, 8)), steps=200) == []
+    during = _run(stage, lambda k: usual(k, (35, 45)), steps=160, start=200 * STEP)
+    after = _run(stage, lambda k: usual(k, (5, 8)), steps=300, start=360 * STEP)
+    onsets = [s for s in during if s.end_ts is None]
+    assert [dict(s.labels)["signal"] for s in onsets] == ["template_burst"]
+    # the burst ends within its recovery steps, and nothing else starts
+    assert [s.id for s in after if s.end_ts is not None] == [onsets[0].id]
+    assert [s.end_ts for s in after] == [pytest.approx(360 * STEP + 8 * STEP, abs=2 * STEP)]
+    assert [s for s in after if s.end_ts is None] == []
