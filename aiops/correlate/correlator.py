@@ -3,7 +3,11 @@
 Grouping is by time, service and topology, in the manner of Alertmanager's group-by but on the
 call graph: a new signal joins a live incident when its service is one of the incident's
 services or adjacent to one of them in the :class:`~aiops.correlate.topology.Topology`, and
-its onset is within ``window_s`` of the incident's latest onset. Signals that join nothing
+its onset is within ``window_s`` of the incident's latest onset. Later onsets join only where
+the incident's trouble goes on: in a service whose evidence there is active or ended within
+``window_s`` (a leak that ends in OOM kills), or in its leading root cause while any of its
+evidence is (a restart after the fix); an earlier victim that has been calm for longer turns
+anomalous on its own account (see :meth:`Correlator._still_its_problem`). Signals that join nothing
 wait in a pending pool; a group of related pending signals opens an incident once a symptom
 in it (errors, latency, unavailability, restarts, model degradation: see
 :mod:`aiops.correlate.symptoms`) has lasted ``open_hold_s`` and the group holds ``min_signals``
@@ -35,6 +39,7 @@ Everything is a function of the inputs and event time (no clock), so replay is e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -136,14 +141,20 @@ class Correlator:
         out: list[Incident] = []
         new, self._new = self._new, []
         new.sort(key=lambda i: (self._signals[i].ts, i))
+        lasts = {inc.id: self._service_evidence(inc) for inc in self._incidents.values() if inc.live} if new else {}
         for sid in new:
-            inc = self._live_match(self._signals[sid])
+            inc = self._live_match(self._signals[sid], lasts)
             if inc is None:
                 self._pending.append(sid)
                 self._note_left_out(sid, "its service is not connected to the incident's services in the "
-                                         "topology, or its onset is too far from theirs")
+                                         "topology, or its onset is too far from their latest onsets while "
+                                         "its own service's trouble there is over")
             else:
                 self._join(inc, sid)
+                sig = self._signals[sid]
+                if sig.service is not None:
+                    until = lasts[inc.id]
+                    until[sig.service] = max(until.get(sig.service, sig.ts), _evidence_end(sig))
         out.extend(self._open_from_pending(ts))
         for inc in list(self._incidents.values()):
             if inc.live:
@@ -153,8 +164,12 @@ class Correlator:
         self._prune(ts)
         return out
 
-    def _live_match(self, sig: Signal) -> _Inc | None:
-        """The live incident a new signal belongs to: related service, onset near its latest onsets."""
+    def _live_match(self, sig: Signal, lasts: Mapping[str, Mapping[str, float]]) -> _Inc | None:
+        """The live incident a new signal belongs to: related service, onset near its latest evidence.
+
+        ``lasts`` gives, per live incident, each service's latest evidence there (the end of its
+        last signal, infinity while one is active).
+        """
         if sig.service is None:
             return None
         w = self.settings.window_s
@@ -163,15 +178,31 @@ class Correlator:
             if not inc.live or sig.ts < inc.opened_ts - w:
                 continue
             services = self._services(inc)
-            # A service already in a live incident is still that incident's problem, however long it
-            # lasts (a leak that ends in OOM kills); other services must be near its latest onsets.
-            if sig.service not in services and sig.ts > inc.last_activity + w:
+            if sig.ts > inc.last_activity + w and not self._still_its_problem(inc, sig, lasts.get(inc.id, {})):
                 continue
             if not any(self.topology.related(sig.service, s) for s in services):
                 continue
             if best is None or inc.last_activity > best.last_activity:
                 best = inc
         return best
+
+    def _still_its_problem(self, inc: _Inc, sig: Signal, until: Mapping[str, float]) -> bool:
+        """May a signal whose onset is long after the incident's latest onsets still join it?
+
+        Propagation is quick: a new onset belongs to an incident near its latest onsets, and a
+        later one only where the incident's own trouble goes on. That is a service whose
+        evidence there is active or ended within ``window_s`` (a leak that ends in OOM kills, an
+        intermittent error), and the incident's leading root cause as long as any evidence of the
+        incident is (its restart or recovery after a fix is part of its story). A victim that has
+        been calm for longer turns anomalous on its own account. Bounding this by the latest
+        evidence, not by the incident's open span, keeps one lingering signal from pulling every
+        later anomaly of an earlier victim (and, through it, that victim's neighbours) into it.
+        """
+        w = self.settings.window_s
+        if sig.ts <= until.get(sig.service or "", -math.inf) + w:
+            return True
+        lead = inc.published[1][0] if inc.published and inc.published[1] else None
+        return sig.service == lead and sig.ts <= max(until.values(), default=-math.inf) + w
 
     def _flap_match(self, group: Sequence[str], ts: float) -> _Inc | None:
         """A recently resolved incident this group re-fires (flap control), if any."""
@@ -391,6 +422,15 @@ class Correlator:
     def _services(self, inc: _Inc) -> set[str]:
         return {svc for i in inc.signal_ids if (svc := self._signals[i].service) is not None}
 
+    def _service_evidence(self, inc: _Inc) -> dict[str, float]:
+        """Each service's latest evidence in the incident: its signals' last end, infinity while one is active."""
+        until: dict[str, float] = {}
+        for i in inc.signal_ids:
+            sig = self._signals[i]
+            if sig.service is not None:
+                until[sig.service] = max(until.get(sig.service, -math.inf), _evidence_end(sig))
+        return until
+
     @staticmethod
     def _describe(sig: Signal) -> str:
         arrow = f" {sig.direction}" if sig.direction else ""
@@ -460,6 +500,11 @@ class Correlator:
         c._seq = int(data["seq"])
         c._last_tick = data.get("last_tick")
         return c
+
+
+def _evidence_end(sig: Signal) -> float:
+    """When a signal stopped being evidence: its end, or infinity while it is active."""
+    return math.inf if sig.end_ts is None else sig.end_ts
 
 
 def _signal_out(s: Signal) -> dict[str, Any]:

@@ -326,3 +326,75 @@ def test_late_signal_of_a_service_in_a_live_incident_joins_it() -> None:
     assert len(opens(first)) == 1 and opens(later) == []
     assert {r.id for r in first + later} == {opens(first)[0].id}
     assert set(later[-1].services) == {"payments", "checkout"}
+
+
+def test_evidence_that_stops_resolves_despite_a_much_later_anomaly_of_an_earlier_victim() -> None:
+    # checkout's bad release lasts an hour (its signal ends with the rollback at T0+3600); frontend,
+    # its caller, was hit at the start and recovered at T0+400. Almost an hour after the last onset,
+    # frontend's memory and its other callee catalog turn anomalous (T0+3500 .. T0+4200): a new,
+    # unrelated problem. The incident must resolve resolve_after_s after the rollback, with only the
+    # services of its own problem, and the later anomaly is judged on its own.
+    c = make(window_s=600.0, resolve_after_s=600.0, flap_window_s=1800.0)
+    c.on_signal(sig("co", "checkout", T0))
+    c.on_signal(sig("co99", "checkout", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("fe", "frontend", T0 + 60))
+    out = run(c, T0, T0 + 390)
+    c.on_signal(sig("fe", "frontend", T0 + 60, end=T0 + 400))
+    out += run(c, T0 + 405, T0 + 3495)
+    c.on_signal(sig("mem", "frontend", T0 + 3500, name="container_memory_working_set_bytes"))
+    c.on_signal(sig("cat", "catalog", T0 + 3510, name="http_request_duration_seconds:p99"))
+    out += run(c, T0 + 3510, T0 + 3600)
+    c.on_signal(sig("co", "checkout", T0, end=T0 + 3600))
+    c.on_signal(sig("co99", "checkout", T0, name="http_request_duration_seconds:p99", end=T0 + 3600))
+    out += run(c, T0 + 3615, T0 + 4200)
+    c.on_signal(sig("mem", "frontend", T0 + 3500, name="container_memory_working_set_bytes", end=T0 + 4200))
+    c.on_signal(sig("cat", "catalog", T0 + 3510, name="http_request_duration_seconds:p99", end=T0 + 4200))
+    out += run(c, T0 + 4215, T0 + 6000)
+
+    first = opens(out)[0]
+    mine = [r for r in out if r.id == first.id]
+    resolved = [r for r in mine if r.status is IncidentStatus.RESOLVED]
+    assert [r.ts for r in resolved] == [T0 + 3600 + 600]
+    assert all(set(r.services) == {"checkout", "frontend"} for r in mine)
+    assert {s.id for s in resolved[0].signals} == {"co", "co99", "fe"}
+    # The later anomaly held long enough to be real: it is an incident of its own, not a re-fire.
+    later = [r for r in opens(out) if r.id != first.id]
+    assert len(later) == 1 and set(later[0].services) == {"catalog", "frontend"}
+    assert later[0].ts < resolved[0].ts
+
+
+def test_a_victim_firing_again_soon_after_its_recovery_stays_in_the_incident() -> None:
+    # An intermittent fault: frontend's errors stop for a few minutes and come back while the
+    # cause is still active, long after the incident's latest onset. Same problem, same incident.
+    c = make(window_s=600.0)
+    c.on_signal(sig("co", "checkout", T0))
+    c.on_signal(sig("co99", "checkout", T0, name="http_request_duration_seconds:p99"))
+    c.on_signal(sig("fe", "frontend", T0 + 60))
+    out = run(c, T0, T0 + 1200)
+    c.on_signal(sig("fe", "frontend", T0 + 60, end=T0 + 1200))
+    out += run(c, T0 + 1215, T0 + 1500)
+    c.on_signal(sig("fe2", "frontend", T0 + 1500, name="http_request_duration_seconds:p99"))
+    out += run(c, T0 + 1515, T0 + 1800)
+    assert len(opens(out)) == 1
+    assert c.snapshot()["owner"].get("fe2") == opens(out)[0].id
+
+
+def test_the_root_cause_recovering_while_its_victims_still_complain_stays_in_the_incident() -> None:
+    # postgres fails (its own signals end within minutes: it is down, nothing left to measure), its
+    # callers keep logging connection errors for 25 minutes; when it is fixed, its restart shows
+    # as CPU and memory, long after the incident's latest onset. That is the incident's own story.
+    c = make(window_s=600.0, resolve_after_s=600.0)
+    c.on_signal(sig("pg", "postgres", T0, end=T0 + 300))
+    c.on_signal(sig("co", "checkout", T0 + 30, name="conn_refused", kind=SignalKind.LOG))
+    c.on_signal(sig("ca", "catalog", T0 + 30))
+    c.on_signal(sig("ca99", "catalog", T0 + 30, name="http_request_duration_seconds:p99"))
+    out = run(c, T0, T0 + 1500)
+    assert opens(out) and opens(out)[0].root_causes[0].service == "postgres"
+    c.on_signal(sig("ca", "catalog", T0 + 30, end=T0 + 900))
+    c.on_signal(sig("ca99", "catalog", T0 + 30, name="http_request_duration_seconds:p99", end=T0 + 900))
+    c.on_signal(sig("cpu", "postgres", T0 + 1500, name="process_cpu_seconds_total:rate"))
+    c.on_signal(sig("mem", "postgres", T0 + 1500, name="container_memory_working_set_bytes"))
+    out += run(c, T0 + 1515, T0 + 1800)
+    assert len(opens(out)) == 1
+    owner = c.snapshot()["owner"]
+    assert owner.get("cpu") == owner.get("mem") == opens(out)[0].id
