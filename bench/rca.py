@@ -12,7 +12,14 @@ the decisions against each scenario's ``expect`` with the same matching as ``--c
 - **false incidents per day of quiet time**: incidents opening in no expected window, per 24 h
   of replayed event time outside the expected windows;
 - **action problems**: matched incidents whose planned actions differ from the expected set,
-  and actions on unexpected incidents.
+  and actions on unexpected incidents;
+- **open after the fault**: how long a matched incident stayed open after the fault ended
+  (its resolution, or the end of the replay if it never resolved, minus the fault's end), for
+  scenarios that record when it ended (``generator.fault_end`` in ``scenario.yaml``, written by
+  ``aiops scenario generate``; others are left out). An incident that lingers on the recovery's
+  aftermath or absorbs later, unrelated anomalies shows here; one that resolved while the fault
+  went on is negative. Printed as the column ``after_s`` (``+`` marks one that never resolved)
+  and as median / max in the summary; a fault lasting to the end of the recording is left out.
 
 ``--cache DIR`` stores what the correlator was fed (signals, changes, ticks) per scenario;
 ``--from-cache`` re-runs only correlation and decision from it, which takes a second instead
@@ -39,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog  # noqa: E402
+import yaml  # noqa: E402
 
 from aiops.config import Settings, load_settings  # noqa: E402
 from aiops.correlate.correlator import Correlator, _signal_in, _signal_out  # noqa: E402
@@ -104,6 +112,7 @@ class Result:
     quiet_s: float = 0.0
     problems: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    open_after: list[tuple[float, bool]] = field(default_factory=list)  # (seconds, resolved)
 
 
 def _union_length(spans: list[tuple[float, float]]) -> float:
@@ -142,11 +151,36 @@ def score(sc: Scenario, records: list[dict[str, Any]], first_ts: float, last_ts:
             res.delays.append(float(m.delay or 0.0))
         res.ranks.append(m.rank)
     res.problems = [p for p in result.problems]
+    fault_end = _fault_end(sc)
+    # A fault that lasts to the end of the recording (a leak never fixed) has no recovery to measure.
+    if fault_end is not None and fault_end < last_ts - 60.0:
+        for m in result.matches:
+            if m.incident_id is None:
+                continue
+            resolved = [r["ts"] for r in records if r.get("kind") == "incident" and r.get("id") == m.incident_id
+                        and r.get("status") == "resolved"]
+            # the last resolution: a flap re-opens the same id, and it is over only at its last one
+            res.open_after.append((resolved[-1] - fault_end, True) if resolved else (last_ts - fault_end, False))
     return res
+
+
+def _fault_end(sc: Scenario) -> float | None:
+    """When the scenario's (single) fault ended, if its generator recorded it; else None."""
+    try:
+        doc = yaml.safe_load((sc.path / "scenario.yaml").read_text(encoding="utf-8"))
+        value = doc["generator"]["fault_end"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if sc.expect is None or len(sc.expect.incidents) != 1 or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def replay_one(sc: Scenario, settings: Settings, rules: Rules) -> tuple[list[dict[str, Any]], float, float,
                                                                       list[list[Any]]]:
+    import heapq
+
+    from aiops.drift.source import read_predictions
     from aiops.observe.rejects import Rejects
     from aiops.runtime.pipeline import Pipeline
     from aiops.sources.scenario import read_records
@@ -157,7 +191,10 @@ def replay_one(sc: Scenario, settings: Settings, rules: Rules) -> tuple[list[dic
     pipeline = Pipeline(settings, rules, topology, rejects, step_s=sc.step)
     recorder = Recorder(pipeline.correlator)
     pipeline.correlator = recorder  # type: ignore[assignment]
-    decisions = pipeline.feed_many(read_records(sc, rejects))
+    # As `aiops replay` does: a model's prediction log (predictions.jsonl) feeds the drift monitor,
+    # without which a model-drift incident is judged on its metrics alone and resolves too early.
+    records = heapq.merge(read_records(sc, rejects), read_predictions(sc.path, rejects), key=lambda r: r.ts)
+    decisions = pipeline.feed_many(records)
     decisions.extend(pipeline.finish())
     st = pipeline.stats
     return [to_output(d) for d in decisions], st.first_ts, st.last_ts, recorder.calls
@@ -206,7 +243,7 @@ def main() -> int:
         return 2
     results: list[Result] = []
     print(f"{'scenario':28} {'exp':>3} {'hit':>3} {'ranks':>10} {'delay_s':>10} {'false':>5} {'quiet_h':>7} "
-          f"{'problems':>8} {'wall_s':>6}")
+          f"{'problems':>8} {'after_s':>8} {'wall_s':>6}")
     for d in dirs:
         try:
             sc = load_scenario(d)
@@ -235,8 +272,10 @@ def main() -> int:
         results.append(res)
         ranks = ",".join(str(r) if r is not None else "-" for r in res.ranks) or "."
         delays = ",".join(f"{x:.0f}" for x in res.delays) or "."
+        after = ",".join(f"{x:.0f}{'' if ok else '+'}" for x, ok in res.open_after) or "."
         print(f"{sc.name[:28]:28} {res.expected:>3} {res.matched:>3} {ranks:>10} {delays:>10} "
-              f"{res.false_incidents:>5} {res.quiet_s / 3600:>7.1f} {len(res.problems):>8} {res.wall_s:>6.1f}")
+              f"{res.false_incidents:>5} {res.quiet_s / 3600:>7.1f} {len(res.problems):>8} {after:>8} "
+              f"{res.wall_s:>6.1f}")
         if args.verbose:
             for p in res.problems:
                 print(f"    {p}")
@@ -254,6 +293,7 @@ def main() -> int:
     med = statistics.median(delays) if delays else math.nan
     p90 = _pct(delays, 0.9)
     problems = sum(len(r.problems) for r in results)
+    after = [x for r in results for x, _ in r.open_after]
     print()
     print(f"scenarios {len(results)}, expected incidents {expected}, matched {matched}, "
           f"false incidents {false_n} over {quiet_days * 24:.1f} h of quiet time, check problems {problems}")
@@ -262,7 +302,9 @@ def main() -> int:
         hit3 = sum(1 for x in ranks if x is not None and x <= 3) / matched
         print(f"ranking of detected incidents only: AC@1 {hit1:.3f}, AC@3 {hit3:.3f} over {matched}")
     print(f"summary: recall={recall:.3f} ac1={ac1:.3f} ac3={ac3:.3f} false_per_day={false_per_day:.2f} "
-          f"median_delay_s={med:.0f} p90_delay_s={p90:.0f}")
+          f"median_delay_s={med:.0f} p90_delay_s={p90:.0f} "
+          f"median_open_after_fault_s={statistics.median(after) if after else math.nan:.0f} "
+          f"max_open_after_fault_s={max(after) if after else math.nan:.0f}")
     return 0
 
 
