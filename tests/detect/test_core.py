@@ -190,3 +190,25 @@ def test_an_unseen_move_is_not_more_alarming_the_longer_a_series_ran() -> None:
     unbounded = [first_middle_score(n, 0.0) for n in (2000, 8000)]
     assert bounded[1] == pytest.approx(bounded[0], rel=0.05)
     assert unbounded[1] > 1.1 * unbounded[0]  # what the bound is for
+
+
+def test_a_new_extreme_is_routine_for_a_series_that_keeps_reaching_its_extreme() -> None:
+    # topping the old maximum by 2% of the range: news for a series whose maximum was one
+    # excursion, routine for one whose spikes reach 95-100% of its maximum every 25 samples
+    def last_score(near_band: float, spikes: int) -> float:
+        rng = np.random.default_rng(7)
+        n = 1500
+        vals = 1.0 + 0.1 * rng.standard_normal(n)
+        at = np.arange(50, n, n // spikes)[:spikes]
+        vals[at] = rng.uniform(95.0, 100.0, len(at))
+        vals[at[0]] = 100.0
+        vals = np.r_[vals, 1.0 + 0.02 * (100.0 - 1.0) + 100.0 - 1.0]
+        s = BatchScorer(ScorerParams(near_band=near_band, w_season=0.0, w_shift=0.0, trans_bins=0, lk_half=0.0))
+        idx = s.add_series(1)
+        out = [s.update(idx, vals[k : k + 1], k * 60.0) for k in range(len(vals))]
+        assert FEATURES[out[-1].feature[0]] == "value"
+        return float(out[-1].score[0])
+
+    assert last_score(0.05, spikes=1) > 0.5
+    assert last_score(0.05, spikes=60) < 0.4
+    assert last_score(0.0, spikes=60) > 0.5  # what the count of visits is for
