@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="results tree to write")
     ap.add_argument("--scorer", type=Path, default=None, help="nab_score.py (default: next to --data, else shared)")
     ap.add_argument("--labels", type=Path, default=None, help="windows JSON (default DATA/combined_windows.json)")
+    ap.add_argument("--per-file", action="store_true",
+                    help="also print each file's standard raw score, windows found and FPs at the swept threshold")
     args = ap.parse_args(argv)
 
     rels = discover(args.data)
@@ -163,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             at_fixed = nab.score(sub, res, {"standard": profiles["standard"]},
                                  {"standard": settings.threshold})["standard"]["score"]
             print(f"{cat:<24} {len(sub):>5} {at_swept:15.2f} {at_fixed:15.2f}")
+    if args.per_file:
+        # where points are won and lost: the raw standard score per file (a window found at its
+        # start is worth 1, a missed one -1, a false positive up to -0.11)
+        thr = swept["standard"]["threshold"]
+        print(f"per file at the swept standard threshold {thr:.4g}:")
+        print(f"{'file':<60} {'raw':>7} {'windows':>8} {'FP':>4}")
+        for rel, geo in corpus.items():
+            d = nab.file_detail(geo, results[rel], profiles["standard"], thr)
+            print(f"{rel:<60} {d['raw']:7.3f} {d['tp_windows']:>3}/{d['windows']:<4} {d['fp_points']:>4}")
     print("summary: " + " ".join([
         f"files={len(rels)}", f"rows={rows}",
         f"standard={swept['standard']['score']:.2f}",
