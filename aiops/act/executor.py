@@ -21,7 +21,13 @@ Actuator = Callable[[Execution], Awaitable[ActResult]]
 """Carries out one action; reports done / refused / failed. Must not raise for expected failures."""
 
 Journal = Callable[[Sequence[LedgerEntry]], Awaitable[None]]
-"""Copies ledger entries elsewhere (scale-out: the changelog, for the next correlator owner)."""
+"""Copies ledger entries elsewhere (scale-out: the changelog, for the next correlator owner).
+
+Raises :class:`JournalError` when the copy could not be made."""
+
+
+class JournalError(Exception):
+    """The journal could not take the entries: an action they would start must not run."""
 
 
 class Executor:
@@ -51,20 +57,27 @@ class Executor:
 
     async def tick(self, now: float) -> list[Action | Alert]:
         """Pick up approvals written by other processes, then advance the core's clock."""
-        await self._journal(self.ledger.refresh())
+        await self._journal_or_warn(self.ledger.refresh())
         return await self._run_all(self.core.tick(now))
 
     async def approve(self, aid: str, by: str, now: float) -> bool:
         """An approval through the daemon (authenticated HTTP); runs on the next tick."""
-        await self._journal(self.ledger.refresh())
+        await self._journal_or_warn(self.ledger.refresh())
         step = self.core.approve(aid, by, now)
         self.ledger.append(step.entries)
-        await self._journal(step.entries)
+        # If this is lost, the approval still stands here; a next owner would let the action expire.
+        await self._journal_or_warn(step.entries)
         return bool(step.entries)
 
     async def _journal(self, entries: Sequence[LedgerEntry]) -> None:
         if entries and self.journal is not None:
             await self.journal(entries)
+
+    async def _journal_or_warn(self, entries: Sequence[LedgerEntry]) -> None:
+        try:
+            await self._journal(entries)
+        except JournalError as exc:
+            log.warning("act_journal_behind", entries=len(entries), error=str(exc))
 
     async def _run_all(self, steps: Sequence[Step]) -> list[Action | Alert]:
         out: list[Action | Alert] = []
@@ -74,13 +87,20 @@ class Executor:
 
     async def _run(self, step: Step) -> list[Action | Alert]:
         self.ledger.append(step.entries)  # durable before anything below happens
-        await self._journal(step.entries)
+        journaled: JournalError | None = None
+        try:
+            await self._journal(step.entries)
+        except JournalError as exc:
+            journaled = exc
         out: list[Action | Alert] = list(step.output)
         ex = step.execute
         if ex is None:
             return out
         actuator = self.actuators.get(ex.action.type)
-        if actuator is None:
+        if journaled is not None:
+            # Whoever takes over next would not know it ran, and might run it again: fail it, loudly.
+            result = ActResult(ActionOutcome.FAILED, f"not executed: the hand-over journal is unavailable ({journaled})")
+        elif actuator is None:
             result = ActResult(ActionOutcome.FAILED, f"unsupported: no actuator configured for {ex.action.type}")
         else:
             try:
@@ -91,5 +111,6 @@ class Executor:
         # The result's time is the time the action was decided at: event time, not the wall clock.
         finish = self.core.finish(ex.action_id, result, self.core.book.get(ex.action_id).last_ts)  # type: ignore[union-attr]
         self.ledger.append(finish.entries)
-        await self._journal(finish.entries)
+        # If this is lost, a next owner sees the action executing and fails it as in doubt: safe.
+        await self._journal_or_warn(finish.entries)
         return out + list(finish.output)

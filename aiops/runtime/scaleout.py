@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aiops.act.executor import JournalError
 from aiops.act.handover import ActJournal
 from aiops.act.ledger import LedgerEntry
 from aiops.config import Settings
@@ -580,8 +581,10 @@ class ScaleOutDaemon(LiveDaemon):
         """The act stage wrote ledger entries: store each touched action's history under its marker key.
 
         Awaited by the executor before any actuator call, so the next owner never knows less than
-        was done. A failed write is logged and the action goes on (as a failed marker write does):
-        the next owner would then continue from the entry before.
+        was done. A failed write is logged and raised as :class:`JournalError`: the executor then
+        does not run an action the entries would start (it fails it and escalates: a next owner not
+        knowing it ran might run it again); other entries stand, and a next owner continues from
+        the entry before (an action it sees executing is failed as in doubt).
         """
         if not self._owner or self.changelog is None:
             # An approval posted to an instance that does not own the correlator lands in its own
@@ -589,11 +592,15 @@ class ScaleOutDaemon(LiveDaemon):
             log.warning("act_journal_not_owner", entries=len(entries))
             return
         core = self.act.executor.core if self.act is not None else None
+        failed: list[str] = []
         for key, value in self.journal.record(entries, core.incident if core is not None else lambda _: None).items():
             try:
                 await self.changelog.save(CORRELATOR_PARTITION, key, value, event_ts=max(e.ts for e in entries))
-            except Exception as exc:  # noqa: BLE001 - broker trouble: the action itself goes on
+            except Exception as exc:  # noqa: BLE001 - broker trouble: reported to the executor below
                 log.error("act_journal_failed", key=key, error=repr(exc))
+                failed.append(repr(exc))
+        if failed:
+            raise JournalError(failed[0])
 
     def _import_act(self) -> None:
         """A new owner takes over what earlier owners' act stages were tracking (see aiops/act/handover.py).

@@ -170,3 +170,20 @@ def test_a_damaged_journal_value_is_counted_and_skipped(tmp_path: Path) -> None:
     journal = ActJournal(_key)
     journal.load({"g/acted/x": {"entries": ["{not json", '{"ts": 1}']}, "g/acted/y": {"incident": {"id": 3}}})
     assert journal.unreadable == 3 and journal.missing(_Owner(tmp_path, "o", VERIFY, {}).ledger.book) == []
+
+
+async def test_an_action_is_not_run_when_its_journal_cannot_be_written(tmp_path: Path) -> None:
+    """A next owner that does not know an action ran might run it again: without the journal, it does not run."""
+    from aiops.act.executor import JournalError
+
+    owner = _Owner(tmp_path, "o", VERIFY, {})
+
+    async def broken(entries: list[LedgerEntry]) -> None:
+        raise JournalError("broker unavailable")
+
+    owner.executor.journal = broken  # type: ignore[assignment]
+    out = await owner.executor.on_incident(incident(), [planned()], T0)
+    assert owner.actuator.calls == []
+    (failed,) = [a for a in out if not isinstance(a, Alert)]
+    assert failed.outcome is ActionOutcome.FAILED and "hand-over journal is unavailable" in failed.reason
+    assert [dict(a.labels)["alertname"] for a in out if isinstance(a, Alert)] == ["AiopsRemediationFailed"]
