@@ -234,9 +234,10 @@ def test_a_new_template_whose_variants_merge_signals_once_under_the_surviving_id
 
 def test_a_long_burst_of_the_template_that_carries_the_usual_errors_leaves_no_error_burst_behind():
     # A caller's usual errors are nearly all one template ("upstream X returned 500"). While that
-    # template bursts for 40 minutes it has its own signal and its lines are not counted as the
-    # service's errors; the service's error baseline must not learn those near-empty steps, or the
-    # usual rate looks like an error burst of its own for an hour once the template calms down.
+    # template bursts for 40 minutes it has its own signal and its excess is not counted again as
+    # the service's errors; the service's error baseline must still hold the usual rate (not learn
+    # near-empty steps), or that rate looks like an error burst of its own for an hour once the
+    # template calms down.
     rng = random.Random(11)
     stage = LogStage(LogSettings(warmup_s=300))
 
