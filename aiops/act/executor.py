@@ -99,7 +99,8 @@ class Executor:
         actuator = self.actuators.get(ex.action.type)
         if journaled is not None:
             # Whoever takes over next would not know it ran, and might run it again: fail it, loudly.
-            result = ActResult(ActionOutcome.FAILED, f"not executed: the hand-over journal is unavailable ({journaled})")
+            result = ActResult(ActionOutcome.FAILED,
+                               f"not executed: the hand-over journal is unavailable ({journaled})")
         elif actuator is None:
             result = ActResult(ActionOutcome.FAILED, f"unsupported: no actuator configured for {ex.action.type}")
         else:

@@ -96,11 +96,6 @@ class FiringAlerts:
         """Keep only these keys in :attr:`escalated` (the actions the ledger still knows)."""
         self.escalated &= set(keep)
 
-    def clear(self) -> None:
-        self._own.clear()
-        self._escalations.clear()
-        self.escalated.clear()
-
     def snapshot(self) -> dict[str, Any]:
         """Plain data for a checkpoint; ``firing`` keeps the layout older checkpoints had."""
         return {"firing": [alert_out(a) for a in self._own.values()],
@@ -113,6 +108,9 @@ class FiringAlerts:
 
         Raises ``KeyError``, ``TypeError`` or ``ValueError`` for malformed data.
         """
+        version = int(data.get("firing_version", SNAPSHOT_VERSION))
+        if version > SNAPSHOT_VERSION:
+            raise ValueError(f"firing alerts saved by a newer version ({version} > {SNAPSHOT_VERSION})")
         f = cls()
         for a in alerts_in(data["firing"]):
             f.add(a)

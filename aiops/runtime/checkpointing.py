@@ -57,7 +57,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from aiops.notify.firing import FiringAlerts, alert_out, alerts_in
+from aiops.notify.firing import FiringAlerts, alert_out
 from aiops.records import Alert
 from aiops.runtime.pipeline import Pipeline
 from aiops.state.base import CheckpointStore, Offsets

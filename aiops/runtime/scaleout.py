@@ -50,8 +50,8 @@ from aiops.act.ledger import LedgerEntry
 from aiops.config import Settings
 from aiops.correlate.topology import Topology
 from aiops.decide.rules import Rules
-from aiops.records import Action, ActionOutcome, Decision, Incident
 from aiops.notify.firing import FiringAlerts
+from aiops.records import Action, ActionOutcome, Decision, Incident
 from aiops.runtime.checkpointing import LIVE_KEY, live_part_in, live_part_out
 from aiops.runtime.gate import ProgressGate, steps_message
 from aiops.runtime.live import InboxItem, LiveDaemon
