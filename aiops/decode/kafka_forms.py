@@ -91,6 +91,20 @@ def lookup(obj: Any, path: str) -> Any:
     return None
 
 
+def _message_time(kafka_ts: float | None) -> float | None:
+    """A Kafka message timestamp usable as event time, or None when there is none.
+
+    A producer can stamp anything; an infinite, NaN or pre-1970 stamp counts as absent, so a
+    line that needs it is refused as ``bad_ts`` instead of sorting before or after everything.
+
+    >>> _message_time(float("inf")) is None, _message_time(-1.0) is None, _message_time(10.0)
+    (True, True, 10.0)
+    """
+    if kafka_ts is None or not math.isfinite(kafka_ts) or kafka_ts < 0:
+        return None
+    return float(kafka_ts)
+
+
 def parse_time(raw: Any) -> float:
     """Unix seconds from a number (s, ms, µs or ns since the epoch) or an ISO 8601 string.
 
@@ -368,6 +382,7 @@ class KafkaDecoder:
         self, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
         kafka_ts: float | None = None,
     ) -> tuple[list[LogRecord], list[DecodeError]]:
+        kafka_ts = _message_time(kafka_ts)
         if self.logs_format == "raw":
             try:
                 return [self._raw_log(value, key, headers, kafka_ts)], []
@@ -387,6 +402,7 @@ class KafkaDecoder:
         return out, errors
 
     def events(self, value: bytes, kafka_ts: float | None = None) -> tuple[list[ChangeEvent], list[DecodeError]]:
+        kafka_ts = _message_time(kafka_ts)
         out: list[ChangeEvent] = []
         errors: list[DecodeError] = []
         try:
