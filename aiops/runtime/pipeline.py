@@ -24,8 +24,10 @@ which is exactly what the single daemon and replay run.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from prometheus_client import CollectorRegistry
 
@@ -42,6 +44,8 @@ from aiops.logs.stage import LogStage
 from aiops.observe.rejects import Rejects
 from aiops.records import Alert, ChangeEvent, Decision, LogRecord, MetricSample, Record, SeriesPoint, Signal
 from aiops.runtime.reorder import ReorderBuffer
+
+_ts = attrgetter("ts")
 
 MAX_CLOSE_STEPS = 10_000
 """After a longer silence only the last this many steps are closed: nothing happened in between."""
@@ -144,27 +148,56 @@ class DetectHalf:
     # -- stages --------------------------------------------------------------------------
 
     def _process(self, records: list[Record | PredictionRecord]) -> list[ClosedStep]:
+        if not records:
+            return []
         out: list[ClosedStep] = []
         stats = self.stats
         step_s = self.step_s
+        # Released records are in event-time order (the reorder buffer's contract): the batch's
+        # first and last are its extremes, and the records before the next step boundary are
+        # found by bisection, so the per-record work is only the stage each record goes to.
+        if records[0].ts < stats.first_ts:
+            stats.first_ts = records[0].ts
+        if records[-1].ts > stats.last_ts:
+            stats.last_ts = records[-1].ts
         # A step s covers [(s - 1/2) * step, (s + 1/2) * step); it closes once a record at or past its end arrives.
         boundary = (self._next_step + 0.5) * step_s if self._next_step is not None else -math.inf
-        for record in records:
-            ts = record.ts
+        n = len(records)
+        i = 0
+        while i < n:
+            ts = records[i].ts
             if ts >= boundary:
                 if self._next_step is None:
                     self._next_step = math.floor(ts / step_s + 0.5)
                 else:
                     out.extend(self._close_steps_before(ts))
                 boundary = (self._next_step + 0.5) * step_s
-            if ts < stats.first_ts:
-                stats.first_ts = ts
-            if ts > stats.last_ts:
-                stats.last_ts = ts
+            # records[i] is in the step now being filled (as when fed one by one, it is not
+            # checked against the new boundary again); the run ends before the next crossing.
+            end = bisect_left(records, boundary, i + 1, n, key=_ts) if records[-1].ts >= boundary else n
+            run = records if i == 0 and end == n else records[i:end]
+            samples = [r for r in run if r.__class__ is MetricSample]
+            if len(samples) == len(run):
+                stats.metric_samples += len(samples)
+                self.deriver.add_many(samples)
+            else:
+                self._dispatch(run)
+            i = end
+        return out
+
+    def _dispatch(self, records: list[Record | PredictionRecord]) -> None:
+        """Each record to its stage, in order: consecutive metric samples go to the deriver together."""
+        stats = self.stats
+        samples: list[MetricSample] = []
+        for record in records:
             if isinstance(record, MetricSample):
-                stats.metric_samples += 1
-                self.deriver.add(record)
-            elif isinstance(record, LogRecord):
+                samples.append(record)
+                continue
+            if samples:
+                stats.metric_samples += len(samples)
+                self.deriver.add_many(samples)
+                samples = []
+            if isinstance(record, LogRecord):
                 stats.log_lines += 1
                 self._signals(self.logs.process(record))
             elif isinstance(record, ChangeEvent):
@@ -173,7 +206,9 @@ class DetectHalf:
             elif isinstance(record, PredictionRecord):
                 stats.predictions += 1
                 self._signals(self.drift.process(record))
-        return out
+        if samples:
+            stats.metric_samples += len(samples)
+            self.deriver.add_many(samples)
 
     def _close_steps_before(self, ts: float) -> list[ClosedStep]:
         """Close every aligned step whose window ends at or before ``ts``."""
