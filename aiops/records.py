@@ -10,7 +10,9 @@ Every stage takes and returns these, never a free-form ``dict``::
     decide   -> Alert, Action                                (what to notify, what to do)
 
 All timestamps are event time in unix seconds (float); no stage reads a clock.
-Records are frozen and slotted: cheap to create, safe to share between stages.
+Records are frozen and slotted: cheap to create, safe to share between stages. The two built
+per sample and per derived point (:class:`MetricSample`, :class:`SeriesPoint`) are frozen
+msgspec ``Struct`` types, the others frozen dataclasses; both behave as plain value objects.
 
 >>> s = MetricSample(ts=1.0, name="up", labels=(("service", "api"),), value=1.0)
 >>> s.service, s.label("instance")
@@ -23,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import msgspec
 
 Labels = tuple[tuple[str, str], ...]
 """Label set as a tuple of ``(name, value)`` pairs sorted by name: hashable and immutable."""
@@ -37,9 +41,15 @@ def make_labels(mapping: Mapping[str, str]) -> Labels:
     return tuple(sorted((str(k), str(v)) for k, v in mapping.items()))
 
 
-@dataclass(frozen=True, slots=True)
-class MetricSample:
-    """One raw sample as Prometheus would expose it (counters cumulative, histograms as buckets)."""
+class MetricSample(msgspec.Struct, frozen=True, gc=False):
+    """One raw sample as Prometheus would expose it (counters cumulative, histograms as buckets).
+
+    One is built per sample on every source's hot path, so this record (like :class:`SeriesPoint`)
+    is a frozen msgspec ``Struct`` rather than a dataclass: the same fields, keyword or positional
+    construction, equality, hashing, repr and immutability, built several times faster, and left
+    out of the cyclic GC's scans (its fields are numbers, strings and tuples of strings, so it can
+    never be part of a reference cycle).
+    """
 
     ts: float
     name: str
@@ -93,9 +103,8 @@ class PointKind(StrEnum):
     LOG_RATE = "log_rate"  # per-template or per-level line rate
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesPoint:
-    """One value of a derived series at an aligned step timestamp.
+class SeriesPoint(msgspec.Struct, frozen=True, gc=False):
+    """One value of a derived series at an aligned step timestamp (a msgspec ``Struct``: see :class:`MetricSample`).
 
     ``metric`` is the derived name, e.g. ``http_requests_total:rate``,
     ``http_request_duration_seconds:p99``, ``http_requests_total:error_ratio``,

@@ -36,7 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -205,13 +205,22 @@ def decode_adapter_metric(obj: Any, max_labels: int = 64, max_label_len: int = 1
     return MetricSample(ts=ts, name=name, labels=make_labels(clean), value=value)
 
 
-class _Line(msgspec.Struct):
-    """A metric line in the project's JSON form; unknown fields are ignored, as the contract says."""
+_MAX = 1.7976931348623157e308  # the largest float: a bound excludes infinities (JSON has no NaN)
 
-    ts: float
-    name: str
+
+class _Line(msgspec.Struct, gc=False):
+    """A metric line in the project's JSON form; unknown fields are ignored, as the contract says.
+
+    The checks every sample needs (a finite, non-negative time; a name; a finite value) are
+    constraints msgspec applies in C while parsing; a line failing one fails the fast path and
+    the general path names the problem. A missing value is a gap (NaN); an explicit ``null``
+    takes the general path, which reads it the same way.
+    """
+
+    ts: Annotated[float, msgspec.Meta(ge=0, le=_MAX)]
+    name: Annotated[str, msgspec.Meta(min_length=1)]
     labels: msgspec.Raw = msgspec.Raw(b"null")
-    value: float | None = None
+    value: Annotated[float, msgspec.Meta(ge=-_MAX, le=_MAX)] = _NAN
 
 
 _TYPED_DECODER = msgspec.json.Decoder(list[_Line])
@@ -299,26 +308,17 @@ class KafkaDecoder:
             return None
         if len(rows) != body.count(b"\n") + 1:
             return None  # a line holding two values, or an empty one
-        out: list[MetricSample] = []
-        append = out.append
         cache = self._raw_labels
-        new = new_metric_sample
-        for row in rows:
-            ts, v, name = row.ts, row.value, row.name
-            if not 0 <= ts < _INF or not name:
-                return None
-            if v is None:
-                v = _NAN
-            elif v == _INF or v == -_INF:
-                return None
-            raw = bytes(row.labels)
-            canon = cache.get(raw)
-            if canon is None:
-                canon = self._canon_raw(raw)
-                if canon is None:
-                    return None
-            append(new(ts, name, canon, v))
-        return out
+        labels = [cache.get(bytes(row.labels)) for row in rows]
+        if None in labels:
+            for i, row in enumerate(rows):
+                if labels[i] is None:
+                    canon = self._canon_raw(bytes(row.labels))
+                    if canon is None:
+                        return None
+                    labels[i] = canon
+        return list(map(MetricSample, [row.ts for row in rows], [row.name for row in rows], labels,
+                        [row.value for row in rows]))
 
     def _canon_raw(self, raw: bytes) -> tuple[tuple[str, str], ...] | None:
         try:
