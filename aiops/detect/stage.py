@@ -134,20 +134,38 @@ class MetricDetectStage:
         return len(self._meta)
 
     def process(self, ts: float, points: Sequence[SeriesPoint]) -> list[Signal]:
-        """Score one aligned step (all points share ``ts``); return onsets and recoveries."""
+        """Score one aligned step (all points share ``ts``); return onsets and recoveries.
+
+        A key repeated within the step is counted in ``duplicates``; its last value is scored.
+
+        >>> from aiops.config import DetectSettings
+        >>> one, two = MetricDetectStage(DetectSettings()), MetricDetectStage(DetectSettings())
+        >>> p = lambda key, v: SeriesPoint(0.0, key, "api", "queue_depth", PointKind.GAUGE, v)
+        >>> _ = one.process(0.0, [p("x", 1.0), p("y", 5.0), p("x", 2.0)])
+        >>> _ = two.process(0.0, [p("x", 2.0), p("y", 5.0)])
+        >>> one.duplicates, repr(one.snapshot()) == repr(two.snapshot()).replace("'duplicates': 0", "'duplicates': 1")
+        (1, True)
+        """
         if not points:
             return []
         index = self._index
-        batch: dict[int, float] = {}
-        for p in points:
-            i = index.get(p.key)
-            if i is None:
-                i = self._register(p)
-            if i in batch:
-                self.duplicates += 1
-            batch[i] = p.value
-        idx = np.fromiter(batch.keys(), dtype=np.intp, count=len(batch))
-        vals = np.fromiter(batch.values(), dtype=np.float64, count=len(batch))
+        slots = list(map(index.get, [p.key for p in points]))
+        if None in slots:  # new series, registered in the order they first appear
+            for k, p in enumerate(points):
+                if slots[k] is None:
+                    i = index.get(p.key)
+                    slots[k] = i if i is not None else self._register(p)
+        if len(set(slots)) == len(slots):
+            idx = np.array(slots, dtype=np.intp)
+            vals = np.array([p.value for p in points], dtype=np.float64)
+        else:  # a key repeated within the step: the last value wins, in the place of the first
+            batch: dict[int, float] = {}
+            for i, p in zip(slots, points, strict=True):
+                if i in batch:
+                    self.duplicates += 1
+                batch[i] = p.value
+            idx = np.fromiter(batch.keys(), dtype=np.intp, count=len(batch))
+            vals = np.fromiter(batch.values(), dtype=np.float64, count=len(batch))
         out = self.scorer.update(idx, vals, ts)
         return self._transitions(ts, idx, vals, out)
 

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -416,8 +417,8 @@ class KafkaSource:
                 max_ts = min_ts = -math.inf
                 if got:
                     counts[kind] = counts.get(kind, 0) + len(got)
-                    max_ts = max(r.ts for r in got)
-                    min_ts = min(r.ts for r in got)
+                    max_ts = max(map(_ts, got))
+                    min_ts = min(map(_ts, got))
                     if max_ts > head:
                         head = max_ts
                 held.append(_Held(msg.offset, min_ts, max_ts, list(got), fetched_at))
@@ -534,8 +535,7 @@ class _KeepPosition(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.source.on_assigned(set(assigned))
 
 
-def _ts(record: Record) -> float:
-    return record.ts
+_ts: Callable[[Record], float] = attrgetter("ts")  # in C: called per record by sorts, min and max
 
 
 __all__ = ["REASON_HEADER", "KafkaBatch", "KafkaSource", "decoder_from", "kafka_client_kwargs"]
