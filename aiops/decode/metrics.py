@@ -308,11 +308,10 @@ class MetricDeriver:
                 get, listed = self._last.get, self._gauges.append
                 continue
             series = get((sample.name, sample.labels))
-            if series is None or ts <= series.ts or series.route is _UNROUTED:
+            if series is None or ts <= series.ts or (route := series.route) is _UNROUTED:
                 add(sample)  # first sample, duplicate / out of order, or a route still to compute
                 get, listed = self._last.get, self._gauges.append
                 continue
-            route = series.route
             if route is None:  # a gauge
                 series.ts = ts
                 series.value = value

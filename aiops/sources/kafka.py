@@ -417,8 +417,9 @@ class KafkaSource:
                 max_ts = min_ts = -math.inf
                 if got:
                     counts[kind] = counts.get(kind, 0) + len(got)
-                    max_ts = max(map(_ts, got))
-                    min_ts = min(map(_ts, got))
+                    stamps = [r.ts for r in got]
+                    max_ts = max(stamps)
+                    min_ts = min(stamps)
                     if max_ts > head:
                         head = max_ts
                 held.append(_Held(msg.offset, min_ts, max_ts, list(got), fetched_at))
@@ -535,7 +536,7 @@ class _KeepPosition(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.source.on_assigned(set(assigned))
 
 
-_ts: Callable[[Record], float] = attrgetter("ts")  # in C: called per record by sorts, min and max
+_ts: Callable[[Record], float] = attrgetter("ts")  # in C: called per record by the sorts
 
 
 __all__ = ["REASON_HEADER", "KafkaBatch", "KafkaSource", "decoder_from", "kafka_client_kwargs"]
