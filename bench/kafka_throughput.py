@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +134,25 @@ def messages(series: list[tuple[str, dict[str, str], str]], samples: int, per_me
     return out, count
 
 
-async def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
+async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])  # one partition: event-time order is kept
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
     finally:
         await admin.close()
+
+
+async def produce_keyed(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> float:
+    """Send (key, value) messages to an existing topic; seconds taken."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     started = time.perf_counter()
     try:
         pending = []
-        for p in payloads:
-            pending.append(await producer.send(topic, p))
+        for key, value in messages:
+            pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 2000:
                 await asyncio.gather(*pending)
                 pending = []
@@ -155,6 +160,11 @@ async def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
     finally:
         await producer.stop()
     return time.perf_counter() - started
+
+
+async def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
+    await create_topics(bootstrap, [topic], 1)  # one partition: event-time order is kept
+    return await produce_keyed(bootstrap, topic, [(None, p) for p in payloads])
 
 
 async def bare_consume(bootstrap: str, topic: str, n_messages: int, per_message: int, total: int) -> float:

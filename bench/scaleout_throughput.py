@@ -48,9 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from kafka_throughput import free_port, series_set, start_broker  # noqa: E402
+from kafka_throughput import create_topics, free_port, produce_keyed, series_set, start_broker  # noqa: E402
 
 STEP = 15.0
 T0 = 1767225600.0
@@ -93,33 +91,6 @@ def keyed_messages(series: list[tuple[str, dict[str, str], str]], samples: int,
         line = json.dumps({"name": "bench_flush", "labels": {"service": svc}, "ts": flush_ts, "value": 1.0})
         out.append((svc.encode(), line.encode()))
     return out, count
-
-
-async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
-    finally:
-        await admin.close()
-
-
-async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1024 * 1024,
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    started = time.perf_counter()
-    try:
-        pending = []
-        for key, value in messages:
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 2000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -226,7 +197,7 @@ def run_group(n: int, bootstrap: str, partitions: int, messages: list[tuple[byte
             raise SystemExit(f"group of {n} unsettled after a pause")
         cpu0, broker0 = group.cpu(), cpu_s(broker_pid) if broker_pid else 0.0
         wall0 = time.perf_counter()
-        produce_s = asyncio.run(produce(bootstrap, group.metrics_topic, messages))
+        produce_s = asyncio.run(produce_keyed(bootstrap, group.metrics_topic, messages))
         first = last = None
         deadline = time.monotonic() + 1800
         while True:
