@@ -11,22 +11,17 @@ may keep the checkout incident open or join it (before issue 6 they all did, and
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from aiops.config import load_settings
-from aiops.correlate.topology import Topology
-from aiops.decide.rules import load_rules
-from aiops.drift.source import read_predictions
-from aiops.observe.rejects import Rejects
 from aiops.records import Incident, IncidentStatus, Signal, to_output
-from aiops.runtime.pipeline import CorrelateHalf, DetectHalf
 from aiops.scenario.check import check
-from aiops.sources.scenario import Scenario, load_scenario, read_records
+from aiops.sources.scenario import Scenario
+
+from .halves import replay_halves
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "scenarios" / "checkout-bad-deploy"
@@ -45,19 +40,9 @@ class Run:
 def run() -> Run:
     if not SCENARIO.is_dir():
         pytest.skip("no bundled scenarios")
-    sc = load_scenario(SCENARIO)
-    settings = load_settings(None)
-    rules = load_rules(REPO / "rules")
-    topology = Topology.from_mapping(sc.topology)
-    topology.merge(Topology.from_mapping(rules.topology_mapping()))
-    rejects = Rejects(log_examples=False)
-    detect = DetectHalf(settings, rules, rejects, step_s=sc.step)
-    correlate = CorrelateHalf(settings, rules, topology)
-    records = heapq.merge(read_records(sc, rejects), read_predictions(SCENARIO, rejects), key=lambda r: r.ts)
-    steps = detect.feed_many(records) + detect.finish()  # ~10 s of CPU
-    decisions = correlate.on_steps(steps)
-    fault_end = float(yaml.safe_load((SCENARIO / "scenario.yaml").read_text())["generator"]["fault_end"])
-    return Run(sc, fault_end, [i for s in steps for i in s.items if isinstance(i, Signal)],
+    h = replay_halves(SCENARIO)
+    steps, decisions = h.steps, h.decisions
+    return Run(h.scenario, h.fault_end, [i for s in steps for i in s.items if isinstance(i, Signal)],
                [d for d in decisions if isinstance(d, Incident)], [to_output(d) for d in decisions])
 
 

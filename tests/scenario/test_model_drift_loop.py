@@ -6,7 +6,6 @@ halves: the detect half's closed steps carry the signals and change events the c
 from __future__ import annotations
 
 import gzip
-import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,16 @@ import pytest
 import yaml
 
 from aiops.config import load_settings
-from aiops.correlate.topology import Topology
 from aiops.decide.rules import load_rules
 from aiops.drift.records import decode_prediction
-from aiops.drift.source import read_predictions
 from aiops.observe.rejects import Rejects
 from aiops.records import Action, ChangeEvent, Decision, Incident, IncidentStatus, Signal, SignalKind, to_output
-from aiops.runtime.pipeline import CorrelateHalf, DetectHalf
 from aiops.scenario.check import check
 from aiops.scenario.generate import MODEL, MODEL_VERSION, RETRAINED_VERSION, generate
 from aiops.scenario.replay import replay
-from aiops.sources.scenario import Scenario, load_scenario, read_records
+from aiops.sources.scenario import Scenario, load_scenario
+
+from .halves import replay_halves
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,21 +41,10 @@ class Run:
 
 
 def _replay(out: Path) -> Run:
-    sc = load_scenario(out)
-    settings = load_settings(None)
-    rules = load_rules(REPO / "rules")
-    topology = Topology.from_mapping(sc.topology)
-    topology.merge(Topology.from_mapping(rules.topology_mapping()))
-    rejects = Rejects(log_examples=False)
-    detect = DetectHalf(settings, rules, rejects, step_s=sc.step)
-    correlate = CorrelateHalf(settings, rules, topology)
-    records = heapq.merge(read_records(sc, rejects), read_predictions(out, rejects), key=lambda r: r.ts)
-    steps = detect.feed_many(records) + detect.finish()
-    items = [item for step in steps for item in step.items]
-    fault_end = float(yaml.safe_load((out / "scenario.yaml").read_text())["generator"]["fault_end"])
-    return Run(sc, fault_end, detect.stats.last_ts, [i for i in items if isinstance(i, Signal)],
-               [i for i in items if isinstance(i, ChangeEvent)], correlate.on_steps(steps),
-               detect.drift.snapshot())
+    h = replay_halves(out)
+    items = [item for step in h.steps for item in step.items]
+    return Run(h.scenario, h.fault_end, h.detect.stats.last_ts, [i for i in items if isinstance(i, Signal)],
+               [i for i in items if isinstance(i, ChangeEvent)], h.decisions, h.detect.drift.snapshot())
 
 
 @pytest.fixture(scope="module")
