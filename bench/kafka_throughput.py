@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,32 +103,42 @@ def series_set(n: int) -> list[tuple[str, dict[str, str], str]]:
     return out[:n]
 
 
-def messages(series: list[tuple[str, dict[str, str], str]], samples: int, per_message: int,
-             seed: int = 1) -> tuple[list[bytes], int]:
-    """JSON-line messages in event-time order; returns (messages, samples in them)."""
+def sample_lines(series: list[tuple[str, dict[str, str], str]], samples: int,
+                 seed: int = 1) -> Iterator[tuple[int, int, str]]:
+    """(step, series index, JSON line) for ``samples`` samples in event-time order.
+
+    Counters rise by a noisy rate, gauges jitter around a per-series level.
+    """
     rng = np.random.default_rng(seed)
     steps = math.ceil(samples / len(series))
     prefixes = [json.dumps({"name": n, "labels": lab})[:-1] for n, lab, _ in series]
     is_counter = np.array([k == "counter" for _, _, k in series])
     base = rng.uniform(1, 100, len(series))
     value = np.zeros(len(series))
-    out: list[bytes] = []
-    lines: list[str] = []
     count = 0
     for step in range(steps):
         ts = T0 + step * STEP
         noise = rng.normal(1.0, 0.05, len(series))
         value = np.where(is_counter, value + base * STEP * noise, base * noise)
         for i, prefix in enumerate(prefixes):
-            lines.append(f'{prefix}, "ts": {ts + 0.1:.3f}, "value": {value[i]:.4f}}}')
-            count += 1
-            if len(lines) >= per_message:
-                out.append("\n".join(lines).encode())
-                lines = []
             if count >= samples:
-                break
-        if count >= samples:
-            break
+                return
+            yield step, i, f'{prefix}, "ts": {ts + 0.1:.3f}, "value": {value[i]:.4f}}}'
+            count += 1
+
+
+def messages(series: list[tuple[str, dict[str, str], str]], samples: int, per_message: int,
+             seed: int = 1) -> tuple[list[bytes], int]:
+    """JSON-line messages of ``per_message`` lines in event-time order; returns (messages, samples in them)."""
+    out: list[bytes] = []
+    lines: list[str] = []
+    count = 0
+    for _, _, line in sample_lines(series, samples, seed):
+        lines.append(line)
+        count += 1
+        if len(lines) >= per_message:
+            out.append("\n".join(lines).encode())
+            lines = []
     if lines:
         out.append("\n".join(lines).encode())
     return out, count

@@ -46,9 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from kafka_throughput import create_topics, free_port, produce_keyed, series_set, start_broker  # noqa: E402
+from kafka_throughput import create_topics, free_port, produce_keyed, sample_lines, series_set, start_broker  # noqa: E402
 
 STEP = 15.0
 T0 = 1767225600.0
@@ -59,31 +58,23 @@ FLUSH_AHEAD_S = 60.0 + 4 * STEP  # past the default lateness bound (runtime.late
 def keyed_messages(series: list[tuple[str, dict[str, str], str]], samples: int,
                    steps_per_message: int = 4, seed: int = 1) -> tuple[list[tuple[bytes, bytes]], int]:
     """(key, value) messages in event-time order: one per service per ``steps_per_message`` steps."""
-    rng = np.random.default_rng(seed)
     steps = -(-samples // len(series))
-    prefixes = [json.dumps({"name": n, "labels": lab})[:-1] for n, lab, _ in series]
     services = [lab["service"] for _, lab, _ in series]
-    is_counter = np.array([k == "counter" for _, _, k in series])
-    base = rng.uniform(1, 100, len(series))
-    value = np.zeros(len(series))
     out: list[tuple[bytes, bytes]] = []
     pending: dict[str, list[str]] = defaultdict(list)
+
+    def flush() -> None:
+        for svc, lines in sorted(pending.items()):
+            out.append((svc.encode(), "\n".join(lines).encode()))
+        pending.clear()
+
     count = 0
-    for step in range(steps):
-        ts = T0 + step * STEP
-        noise = rng.normal(1.0, 0.05, len(series))
-        value = np.where(is_counter, value + base * STEP * noise, base * noise)
-        for i, prefix in enumerate(prefixes):
-            if count >= samples:
-                break
-            pending[services[i]].append(f'{prefix}, "ts": {ts + 0.1:.3f}, "value": {value[i]:.4f}}}')
-            count += 1
-        if (step + 1) % steps_per_message == 0 or count >= samples:
-            for svc, lines in sorted(pending.items()):
-                out.append((svc.encode(), "\n".join(lines).encode()))
-            pending.clear()
-        if count >= samples:
-            break
+    for step, i, line in sample_lines(series, samples, seed):
+        if i == 0 and step % steps_per_message == 0:  # a message per service every steps_per_message steps
+            flush()
+        pending[services[i]].append(line)
+        count += 1
+    flush()
     # One gauge sample per service well past the lateness bound: it releases everything before it from
     # the reorder buffers, so "every sample reached the deriver" marks the end (not counted in ``count``).
     flush_ts = T0 + steps * STEP + FLUSH_AHEAD_S
