@@ -38,8 +38,6 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run() -> Run:
-    if not SCENARIO.is_dir():
-        pytest.skip("no bundled scenarios")
     h = replay_halves(SCENARIO)
     steps, decisions = h.steps, h.decisions
     return Run(h.scenario, h.fault_end, [i for s in steps for i in s.items if isinstance(i, Signal)],

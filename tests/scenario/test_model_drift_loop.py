@@ -181,8 +181,6 @@ def test_drift_incident_retrain_new_version_drift_ends_incident_resolves_in_orde
 def test_the_bundled_scenario_shows_the_whole_loop() -> None:
     """The golden replay of scenarios/ranker-model-drift: open, retrain planned, v8 deployed, resolved."""
     d = REPO / "scenarios" / "ranker-model-drift"
-    if not d.is_dir():
-        pytest.skip("no bundled scenarios")
     sc = load_scenario(d)
     assert sc.expect is not None
     settings = load_settings(None)
